@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 OFFLINE_ENDPOINT = "offline://harness"
@@ -54,6 +54,11 @@ class Settings:
     @property
     def offline(self) -> bool:
         return self.base_url is None
+
+    def with_cache_mode(self, mode: str) -> Settings:
+        if mode not in CACHE_MODES:
+            raise ValueError(f"cache mode: expected one of {CACHE_MODES}, got {mode!r}")
+        return replace(self, cache_mode=mode)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine: `make eval` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+OUT    ?= reports/latest
+ARGS   ?=
+
+.PHONY: setup eval test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,notebook]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job: score the bundled prompt(s) on a labelled dataset (DATASET=path OUT=dir PROMPTS="a.toml b.toml")
+eval: $(STAMP)
+	$(BIN)/harness eval $(PROMPTS) $(if $(DATASET),--dataset $(DATASET)) --out $(OUT) $(ARGS)
+
+## The whole test suite (starts its own redis-server and model server on free ports)
+test: $(STAMP)
+	$(BIN)/ruff check harness tests
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf reports .harness test-output .pytest_cache

@@ -1,0 +1,21 @@
+"""A research harness for LLM moderation prompts: one Arq task, run inline or on workers."""
+
+from harness.datasets import DatasetError, load_dataset
+from harness.evaluate import evaluate
+from harness.inline import run_inline, run_inline_sync
+from harness.results import RunResult
+from harness.schema import (
+    DEFAULT_TAXONOMY,
+    Category,
+    Item,
+    PromptSpec,
+    SpecError,
+    Taxonomy,
+    Verdict,
+    bundled_prompt,
+)
+
+__all__ = [
+    "DEFAULT_TAXONOMY", "Category", "DatasetError", "Item", "PromptSpec", "RunResult", "SpecError",
+    "Taxonomy", "Verdict", "bundled_prompt", "evaluate", "load_dataset", "run_inline", "run_inline_sync",
+]

@@ -1,0 +1,1 @@
+"""LLM access: the offline keyword model, its OpenAI-compatible app, transports and clients."""

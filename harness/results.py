@@ -1,0 +1,96 @@
+"""A finished run as data: verdicts joined to their items, as one DataFrame row per item.
+
+Inline runs and worker runs both end here, so their predictions have the same columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from harness.schema import PromptSpec, Verdict
+
+PRED_COLUMNS_TAIL = ("cached", "latency_s", "tries", "truncated", "prompt_tokens", "completion_tokens",
+                     "error", "rationale", "prompt_version", "model", "run_id")
+
+
+def dataset_fingerprint(df: pd.DataFrame) -> str:
+    """A short hash of ids, types and texts: same data, same fingerprint, any row order aside."""
+    cols = [c for c in ("content_id", "content_type", "text") if c in df.columns]
+    hashed = pd.util.hash_pandas_object(df[cols].sort_values("content_id"), index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:8]
+
+
+def default_run_id(spec: PromptSpec, df: pd.DataFrame) -> str:
+    return f"{spec.name}-{spec.version}-{dataset_fingerprint(df)}"
+
+
+def predictions_frame(items: pd.DataFrame, verdicts: dict[str, Verdict], codes: Sequence[str]) -> pd.DataFrame:
+    """One row per item of `items`, in its order. An item without a verdict gets outcome 'error'."""
+    rows: list[dict[str, Any]] = []
+    for cid in items["content_id"]:
+        v = verdicts.get(cid) or Verdict(cid, "error", error="no verdict recorded for this item")
+        row: dict[str, Any] = {"content_id": cid, "outcome": v.outcome, "flagged": v.flagged}
+        for code in codes:
+            row[f"pred_{code}"] = v.categories.get(code)
+        for code in codes:
+            row[f"score_{code}"] = v.scores.get(code)
+        row.update(cached=v.cached, latency_s=v.latency_s, tries=v.tries, truncated=v.truncated,
+                   prompt_tokens=v.usage.prompt_tokens, completion_tokens=v.usage.completion_tokens,
+                   error=v.error, rationale=v.rationale, prompt_version=v.prompt_version, model=v.model,
+                   run_id=v.run_id, commentary=v.commentary, raw=v.raw)
+        rows.append(row)
+    pred = pd.DataFrame(rows)
+    if pred.empty:
+        pred = pd.DataFrame(columns=["content_id", "outcome", "flagged"])
+    for col in ["flagged", *[f"pred_{c}" for c in codes]]:
+        pred[col] = pred[col].astype("boolean")
+    for code in codes:
+        pred[f"score_{code}"] = pd.to_numeric(pred[f"score_{code}"], errors="coerce").astype("Float64")
+    gold_cols = [c for c in items.columns if c.startswith("gold_")]
+    left = items[["content_id", "content_type", "text", *gold_cols]].reset_index(drop=True)
+    return left.merge(pred, on="content_id", how="left", validate="one_to_one")
+
+
+@dataclass
+class RunResult:
+    """One prompt version x one model x one dataset, with a verdict for every item."""
+
+    run_id: str
+    spec: PromptSpec
+    model: str
+    endpoint: str
+    dataset: str
+    items: pd.DataFrame
+    verdicts: dict[str, Verdict]
+    elapsed_s: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def codes(self) -> list[str]:
+        return self.spec.taxonomy.codes
+
+    def predictions(self) -> pd.DataFrame:
+        return predictions_frame(self.items, self.verdicts, self.codes)
+
+    def outcomes(self) -> dict[str, int]:
+        counts = {"ok": 0, "unparsable": 0, "refused": 0, "error": 0}
+        for cid in self.items["content_id"]:
+            v = self.verdicts.get(cid)
+            counts[v.outcome if v else "error"] += 1
+        return counts
+
+    def metrics(self, **kwargs: Any) -> dict[str, Any]:
+        from harness.metrics import compute_metrics
+
+        return compute_metrics(self.predictions(), self.codes, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"RunResult({self.run_id!r}, {len(self.items)} items, {self.outcomes()}, "
+                f"{self.elapsed_s:.1f}s, cache {self.cache_hits} hits / {self.cache_misses} misses)")
