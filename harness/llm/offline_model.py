@@ -78,7 +78,8 @@ _LEXICON: dict[str, dict[str, float]] = {
         "panties": 0.6, "thong": 0.5, "cleavage": 0.5, "booty": 0.4, "spank": 0.6,
         "lingerie": 0.4, "seductive": 0.4, "breasts": 0.4, "dick": 0.4, "fuck": 0.4,
         "rape": 0.5, "slut": 0.5, "whore": 0.5, "flirty": 0.5, "flirt": 0.4, "suggestive": 0.6,
-        "roleplay": 0.3, "intimate": 0.3,
+        "roleplay": 0.3, "intimate": 0.3, "fondle": 1, "between her legs": 1,
+        "between her thighs": 1, "thighs": 0.4,
         # solicitation, sex work and adult-service ads
         "sexual services": 1, "escort service": 1, "escort": 0.5, "hookup": 0.5, "hook up": 0.5,
         "hot singles": 1, "no strings attached": 0.6, "cam show": 1, "camgirl": 1, "cam girl": 1,
@@ -102,7 +103,7 @@ _LEXICON: dict[str, dict[str, float]] = {
         "mature for your age": 1, "for your age": 0.6, "our little secret": 1, "our secret": 0.8,
         "keep it between us": 1, "between us": 0.3, "don't tell your parents": 1,
         "don't tell your mom": 1, "don't tell your mum": 1, "don't tell your dad": 1,
-        "don't tell anyone": 0.6, "secret from your parents": 1, "no parents": 0.6,
+        "don't tell anyone": 0.6, "secret from your parents": 1,
         "grown up things": 0.8, "are you alone": 0.8, "home alone": 0.4, "delete our chats": 0.8,
         "send me a pic": 0.6, "send pics": 0.6, "send me pictures": 0.6,
     },
@@ -118,7 +119,8 @@ _LEXICON: dict[str, dict[str, float]] = {
         "mutilate": 1, "dismember": 1, "bludgeon": 1, "bloodbath": 1, "gun down": 1,
         "beat up": 1, "burn alive": 1, "hurt you": 1, "break your": 1, "slit your throat": 1,
         "suicide bomber": 1, "shoot up": 0.8, "mass shooting": 1, "put a bullet": 1,
-        "blow his brains out": 1, "curb stomp": 1, "beat the shit out": 1,
+        "blow his brains out": 1, "curb stomp": 1, "cut off his": 0.8, "cut off her": 0.8,
+        "chop off": 0.8, "beat the shit out": 1,
         "beat the crap out": 1, "kick his ass": 0.8, "hunt down": 0.8, "set fire": 0.8,
         "set on fire": 1, "burn down": 0.8, "arson": 0.7, "bloodshed": 0.8, "shoot": 0.8,
         "kidnap": 0.8, "smash your": 0.8, "slash": 0.8, "slit": 0.6, "assault": 0.7, "bomb": 0.7,
@@ -130,7 +132,7 @@ _LEXICON: dict[str, dict[str, float]] = {
     },
     "glorify": {  # praise next to violence ("loved watching", "the shooter is a hero")
         "love watching": 0.6, "loved watching": 0.6, "love it": 0.6, "loved it": 0.6,
-        "best thing": 0.5, "best video": 0.6, "so satisfying": 0.6, "deserved it": 0.8,
+        "best thing": 0.5, "so satisfying": 0.6, "deserved it": 0.8,
         "hero": 0.6, "legend": 0.4, "follow his example": 0.8, "cheer": 0.4, "hilarious": 0.4,
         "lol": 0.3, "lmao": 0.3,
     },
@@ -139,12 +141,12 @@ _LEXICON: dict[str, dict[str, float]] = {
         "ethnic cleansing": 1, "final solution": 1, "deserve to die": 1, "should die": 1,
         "must die": 1, "gas": 0.6, "hang": 0.6, "get rid of": 0.6, "eliminate": 0.6,
         "purge": 0.6, "burn": 0.5, "die": 0.4, "deport them all": 0.6, "burn in hell": 0.6,
-        "round them up": 0.8,
+        "round them up": 0.8, "round up": 0.5, "gas them": 1, "line them up": 0.8,
     },
     "gore": {
         "gore": 1, "gory": 1, "entrails": 1, "disembowel": 1, "dismember": 1, "decapitate": 1,
         "behead": 1, "mutilate": 1, "splatter": 1, "pool of blood": 1, "blood everywhere": 1,
-        "brain matter": 1, "exposed bone": 1, "bone showing": 1, "innards": 1, "headless": 0.8,
+        "brain matter": 1, "exposed bone": 1, "innards": 1, "headless": 0.8,
         "gruesome": 0.8, "intestines": 0.8, "insides": 0.8, "severed": 0.8, "mangled": 0.8,
         "gouge": 0.8, "ripped open": 0.8, "ripped off": 0.5, "torn off": 0.6, "guts": 0.7,
         "gaping wound": 0.8, "charred": 0.6, "crushed": 0.6, "pulp": 0.6, "gash": 0.6,
@@ -172,6 +174,7 @@ _LEXICON: dict[str, dict[str, float]] = {
         "should be banned": 0.6, "lazy": 0.6, "stupid": 0.6, "smelly": 0.6, "stink": 0.6,
         "greedy": 0.5, "sick": 0.5, "ruin": 0.5, "dumb": 0.5, "freaks": 0.6, "retarded": 0.6,
         "take our jobs": 0.6, "handouts": 0.4, "backward": 0.5, "liars": 0.5, "terrorist": 0.5,
+        "every last one": 0.4, "every single one": 0.4, "all of them": 0.3,
     },
     "hate_phrase": {  # hateful on their own
         "white power": 1, "race traitor": 1, "master race": 1, "heil hitler": 1,
@@ -200,7 +203,7 @@ _LEXICON: dict[str, dict[str, float]] = {
         "i know where you live": 1, "drink bleach": 1, "dox": 1, "doxx": 1,
         "make her life hell": 1, "make his life hell": 1, "make your life hell": 1,
         "spam her": 1, "spam his": 1, "spam him": 1, "spam their": 0.8, "mass report": 1,
-        "dogpile": 1, "ruin your life": 0.8, "ruin her life": 0.8, "ruin his life": 0.8,
+        "dogpile": 1, "flood her": 0.8, "flood his": 0.8, "ruin your life": 0.8, "ruin her life": 0.8, "ruin his life": 0.8,
         "you'll regret": 0.6, "new accounts": 0.5, "watch your back": 0.8, "go to hell": 0.8,
         "kill you": 0.6, "shut up": 0.6, "stalk": 0.6, "you should be ashamed": 0.6,
         "get lost": 0.4,
@@ -224,7 +227,9 @@ _LEXICON: dict[str, dict[str, float]] = {
         "overdose": 0.8, "noose": 0.7, "can't go on": 0.6, "kill yourself": 0.5, "kys": 0.5,
         "nobody would miss you": 0.5, "no one would miss you": 0.5, "anorexia": 0.5,
         "bulimia": 0.5, "razor blade": 0.5, "relapse": 0.4, "cutting": 0.4, "laxatives": 0.4,
-        "skip meals": 0.4, "purge": 0.4, "jump off": 0.4, "wrists": 0.4, "starving": 0.2,
+        "skip meals": 0.4, "purge": 0.4, "want it to end": 0.8, "want it all to end": 1,
+        "end it": 0.5, "i hate myself": 0.6, "hate my body": 0.5, "i'm disgusting": 0.5,
+        "thinner": 0.4, "pills": 0.3, "jump off": 0.4, "wrists": 0.4, "starving": 0.2,
     },
 }
 
@@ -237,7 +242,12 @@ _PAIRS: list[tuple[str, str, str, str, int, int, float]] = [
     ("violence", "break his jaw", "break smash snap crush bash slit stomp", _BODY, 0, 2, 1.0),
     ("violence", "make them pay", "make", "pay", 1, 2, 0.7),
     ("violence", "bring weapons", "bring grab", _WEAPONS, 0, 2, 0.8),
+    ("violence", "burn it down", "burn torch", "down", 1, 3, 0.8),
+    ("violence", "throw off a roof", "throw", "roof roofs building buildings bridge cliff", 1, 3,
+     0.8),
     ("threat", "drive them out", "run drive chase kick throw force", "out", 1, 3, 0.6),
+    ("harass_phrase", "until she quits", "until", "quit delete leave cry", 1, 1, 0.5),
+    ("selfharm", "took pills", "took take swallow swallowed", "pills", 0, 3, 0.6),
     ("selfharm", "hide cuts", "hide cover", "cut scar marks wound burns", 0, 3, 1.0),
     ("selfharm", "self-harm endorsed", "cutting starve purge", "help relief release only numb",
      0, 5, 0.8),
@@ -346,7 +356,9 @@ _SIGNAL_BENIGN: dict[str, tuple[int, frozenset[str]]] = {
         "police arrested arrest suspect suspects witnesses witness charged sentenced convicted"
         " trial investigation investigating gunman chess game games gaming videogame level"
         " boss tournament pests pest aphids insects bugs mosquito mosquitoes weeds mold ants"
-        " termites fleas lice garden tomatoes defense defence history historical".split())),
+        " termites fleas lice garden tomatoes defense defence history historical novel novels"
+        " film movie movies villain character characters fiction fictional plot episode"
+        .split())),
     "hate": (15, frozenset(
         "reported report reporting condemn condemned condemns unacceptable wrong remove removed"
         " history historical documentary".split())),
@@ -355,6 +367,7 @@ _SIGNAL_BENIGN: dict[str, tuple[int, frozenset[str]]] = {
 }
 _EXPOSURE = frozenset("found post leak leaked share expose exposed dox doxx everyone spread"
                       " publish here's".split())
+_COPULA = frozenset("are is r being".split())
 _INCITE = frozenset("should must deserve need ought lets let's".split())  # "should be shot"
 _HELP_SEEKING = ("what should i do", "what do i do", "is this normal", "how do i report",
                  "how to report", "warning signs", "should i tell", "is it okay")
@@ -441,15 +454,15 @@ class _Entry:
 def _build_index() -> tuple[dict[str, list[_Entry]], frozenset[str], frozenset[str]]:
     """Term index by first word, the lexicon's words, and the context words."""
     index: dict[str, list[_Entry]] = {}
-    lexical: set[str] = set()
+    lexical: set[str] = set()  # single-word terms
+    context: set[str] = set()  # words of phrases and of the context rules
     for signal, terms in _LEXICON.items():
         for term, weight in terms.items():
             words = tuple(term.split())
             index.setdefault(words[0], []).append(_Entry(signal, term, words, float(weight)))
-            lexical.update(words)
+            (lexical if len(words) == 1 else context).update(words)
     for entries in index.values():
         entries.sort(key=lambda e: -len(e.words))
-    context: set[str] = set()
     for table in (_AFTER, _BEFORE):
         for key, words in table.items():
             context.update(key.split())
@@ -460,7 +473,7 @@ def _build_index() -> tuple[dict[str, list[_Entry]], frozenset[str], frozenset[s
         context.update(first.split())
         context.update(second.split())
     context.update(_GROUP_NOUNS, _GROUP_ADJECTIVES, _PEOPLE, _SECOND_PERSON, _NEGATORS, _WORSHIP,
-                   _EXPOSURE, _INCITE, _AGE_WORDS, _AGE_BEFORE, _NOT_AGE_AFTER)
+                   _EXPOSURE, _INCITE, _COPULA, _AGE_WORDS, _AGE_BEFORE, _NOT_AGE_AFTER)
     context.update({"year", "old", "yo", "under", "and", "or", "younger"})
     return index, frozenset(lexical), frozenset(context - lexical)
 
@@ -682,8 +695,8 @@ def _group_near(raw: list[str], base: list[str], start: int, end: int, span: int
                 return True
         return False
 
-    return scan(range(start - 1, max(-1, start - span - 1), -1)) or scan(
-        range(end, min(len(base), end + span)))
+    return (scan(range(start + 1, end)) or scan(range(start - 1, max(-1, start - span - 1), -1))
+            or scan(range(end, min(len(base), end + span))))
 
 
 class _Signals:
@@ -714,6 +727,7 @@ def _score(weight: float) -> float:
 
 def _signals(raw: list[str], base: list[str]) -> _Signals:
     sig = _Signals()
+    n_tok = len(base)
     seen: dict[tuple[str, str], int] = {}
     for hit in _find_hits(raw, base):
         n = seen[hit.signal, hit.term] = seen.get((hit.signal, hit.term), 0) + 1
@@ -721,8 +735,11 @@ def _signals(raw: list[str], base: list[str]) -> _Signals:
             continue
         w = _effective(hit, raw, base)
         if hit.signal == "hate_hostile":
-            near = _group_near(raw, base, hit.start, hit.end, 10)
-            sig.add("hate", hit.term, w if near else w * 0.3)
+            if not _group_near(raw, base, hit.start, hit.end, 10):
+                w *= 0.3
+            elif _near(raw, base, hit, 4, _COPULA, stop_at_punct=True):
+                w *= 1.4  # "<group> are <word>" says it of the whole group
+            sig.add("hate", hit.term, w)
         elif hit.signal == "hate_phrase":
             sig.add("hate", hit.term, w)
         elif hit.signal == "harass_insult":
@@ -734,6 +751,10 @@ def _signals(raw: list[str], base: list[str]) -> _Signals:
             sig.add("harassment", hit.term, w if _near(raw, base, hit, 10, _EXPOSURE) else w * 0.3)
         else:
             sig.add(hit.signal, hit.term, w)
+            if hit.signal == "violence" and any(
+                _is(raw, base, j, _SECOND_PERSON) for j in range(hit.end, min(n_tok, hit.end + 3))
+            ):
+                sig.add("harassment", hit.term, w * 0.8)  # a violent threat aimed at "you"
             if hit.signal in ("violence", "threat") and _group_near(
                 raw, base, hit.start, hit.end, 10, worship=True
             ):
