@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 OUT    ?= reports/latest
 ARGS   ?=
 
-.PHONY: setup eval test lint clean
+.PHONY: setup eval test lint clean worker enqueue redis
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,17 @@ eval: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check harness tests
 	$(BIN)/pytest -q
+
+## Worker mode: `make worker` (ARGS="--burst"), `make enqueue DATASET=path [PROMPT=file RUN_ID=id]`
+worker: $(STAMP)
+	$(BIN)/harness worker $(ARGS)
+
+enqueue: $(STAMP)
+	@test -n "$(DATASET)" || (echo "usage: make enqueue DATASET=path [PROMPT=file.toml] [RUN_ID=id]"; exit 2)
+	$(BIN)/harness enqueue $(DATASET) $(if $(PROMPT),--prompt $(PROMPT)) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
+
+redis: $(STAMP)
+	$(BIN)/harness redis
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -252,7 +252,8 @@ class Item:
     labels: dict[str, int | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"content_id": self.content_id, "text": self.text, "content_type": self.content_type,
+                "labels": dict(self.labels)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Item:
@@ -289,7 +290,16 @@ class Verdict:
     model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # written out by hand: dataclasses.asdict deep-copies and dominates large runs
+        return {
+            "content_id": self.content_id, "outcome": self.outcome, "flagged": self.flagged,
+            "categories": dict(self.categories), "scores": dict(self.scores), "commentary": self.commentary,
+            "rationale": self.rationale, "raw": self.raw, "error": self.error,
+            "usage": {"prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens,
+                      "total_tokens": self.usage.total_tokens},
+            "latency_s": self.latency_s, "cached": self.cached, "tries": self.tries, "truncated": self.truncated,
+            "run_id": self.run_id, "prompt_version": self.prompt_version, "model": self.model,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verdict:

@@ -90,6 +90,63 @@ def test_composite_categories_need_both_signals():
     assert "V2" not in flagged("a pool of blood on the kitchen floor after the nosebleed")
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a threat against a place of worship is hate with violence
+        ("We should torch the synagogue and burn it down with them inside", {"H", "H2", "V"}),
+        ("They deserve to be beaten, every one of those immigrants", {"H", "H2", "V"}),
+        # incitement: a modal before a violent word
+        ("That judge should be shot", {"V"}),
+        # an age under 18, written as digits, words or a tag, plus a sexual term
+        ("She is 15 and sends me nudes", {"S", "S3"}),
+        ("Looking for lingerie pics of fourteen year old girls, so sexy", {"S", "S3"}),
+        ("hey 14f, you are so mature for your age, our little secret ok?", {"S", "S3"}),
+        ("Trading private pics of high schoolers, DM me", {"S", "S3"}),
+        # self-harm: method plus endorsement, concealment, ideation
+        ("cutting really helps when I feel numb", {"SH"}),
+        ("How do I hide my scars from my teacher?", {"SH"}),
+        ("I'm so tired of living", {"SH"}),
+        # graphic injury without an attacker is violence/graphic only
+        ("After the crash his leg was mangled, bone sticking out, blood everywhere", {"V2"}),
+        # harassment: doxxing with exposure, brigading, threats aimed at "you"
+        ("Found her home address, posting it here so everyone can visit", {"HR"}),
+        ("Let's all spam his DMs", {"HR"}),
+        ("I'm going to put a bullet in your head", {"HR", "V"}),
+        # hateful stereotypes and dehumanising claims about a group
+        ("Women are too emotional to lead anything", {"H"}),
+        ("Muslim people are vermin, every last one of them", {"H"}),
+        # sexual solicitation and explicit wording
+        ("Discreet incall and outcall, ask for rates", {"S"}),
+    ],
+)
+def test_general_rules(text, expected):
+    assert flagged(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Cutting carbs really helps with my energy",
+        "The church choir is looking for new singers",
+        "Our mosque is hosting an open day for neighbours",
+        "My 13 year old wants to trade Pokemon cards with friends",
+        "I'm 15 minutes late, sorry",
+        "A coworker said 'women belong in the kitchen' and I reported it, that's wrong",
+        "Police arrested a suspect after the stabbing downtown",
+        "lol this meme is killing me",
+        "Three years free from self-harm, grateful for my therapist",
+        "I'm 14 and an older guy keeps asking for pics and says it's our secret. What should I do?",
+        "Can you send me your phone number so I can call you later?",
+        "We need to kill the server process before the deploy",
+        "The villain in the novel kills the king in chapter three",
+        "Is it safe to have sex during pregnancy? Our doctor never said",
+    ],
+)
+def test_more_benign_look_alikes_not_flagged(text):
+    assert flagged(text) == set()
+
+
 def test_unknown_code_uses_name_and_definition_words():
     spam = [("SP", "spam", "Unsolicited advertising, scams or repeated promotional messages.")]
     assert classify("This is a scam full of advertising", spam)["SP"] >= THRESHOLD

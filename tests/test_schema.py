@@ -70,3 +70,13 @@ def test_bad_prompt_file_names_the_file_and_field(tmp_path):
 def test_verdict_json_round_trip():
     v = Verdict("a", "ok", flagged=True, categories={"S": True, "H": None}, scores={"S": 0.9})
     assert Verdict.from_json(v.to_json()) == v
+
+
+def test_verdict_to_dict_covers_every_field():
+    from dataclasses import asdict, fields
+
+    v = Verdict("a", "error", error="x", tries=3, truncated=True, run_id="r", prompt_version="p", model="m")
+    assert v.to_dict() == asdict(v)
+    assert set(v.to_dict()) == {f.name for f in fields(Verdict)}
+    item = Item("1", "t", "post", {"S": 1, "H": None})
+    assert item.to_dict() == asdict(item)

@@ -254,3 +254,69 @@ def test_blocking_enqueue_and_collect(redis_proc, worker_procs):
     assert handle.wait_sync(60, progress=False)
     df = handle.collect_sync()
     assert len(df) == 5 and (df["outcome"] == "ok").all()
+
+
+async def test_an_item_whose_job_failed_without_a_verdict_is_re_enqueued_on_resume(redis_proc, worker_procs):
+    """Arq blocks a job id while its result is kept; resume clears a failed result and retries."""
+    df = mini(3)
+    first = await enqueue_dataframe_async(df, redis_url=redis_proc.url, run_id="blocked", progress=False)
+    await first.close()
+    r = redis_sync.Redis(port=redis_proc.port)
+    stuck = "moderate:blocked:" + df["content_id"].iloc[0]
+    r.delete(job_key_prefix + stuck)
+    r.zrem(default_queue_name, stuck)
+    r.set(result_key_prefix + stuck, json.dumps({"s": False, "r": "job timed out", "t": 1}))
+    worker_procs(redis_proc.url, "--burst").wait(60)
+    handle = await open_run("blocked", redis_proc.url)
+    pred = await handle.collect()
+    await handle.close()
+    assert pred.set_index("content_id").loc[df["content_id"].iloc[0], "error"].startswith("job failed on the worker")
+    resumed = await enqueue_dataframe_async(df, redis_url=redis_proc.url, run_id="blocked", progress=False)
+    assert (resumed.enqueued, resumed.skipped) == (1, 2)
+    worker_procs(redis_proc.url, "--burst").wait(60)
+    await wait_done(resumed)
+    pred = await resumed.collect()
+    await resumed.close()
+    assert (pred["outcome"] == "ok").all()
+
+
+async def test_a_hundred_thousand_rows_enqueue_and_resume(redis_proc):
+    df = synthetic(100_000)
+    handle = await enqueue_dataframe_async(df, redis_url=redis_proc.url, run_id="big", progress=False)
+    assert handle.enqueued == 100_000
+    r = redis_sync.Redis(port=redis_proc.port)
+    assert r.zcard(default_queue_name) == 100_000 and r.hlen("harness:items:big") == 100_000
+    again = await enqueue_dataframe_async(df, redis_url=redis_proc.url, run_id="big", progress=False)
+    assert again.enqueued == 0 and r.zcard(default_queue_name) == 100_000
+    await handle.close()
+    await again.close()
+
+
+def test_the_cli_flow_enqueue_worker_status_tail_collect(redis_proc, tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "REDIS_URL": redis_proc.url, "HARNESS_CACHE_MODE": "off"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=120)
+
+    data = ROOT / "datasets" / "mini_moderation.jsonl"
+    enq = cli("enqueue", str(data), "--run-id", "cli-run", "--no-progress")
+    assert enq.returncode == 0, enq.stderr
+    assert "90 jobs enqueued" in enq.stdout
+    pending = cli("status", "cli-run")
+    assert pending.returncode == 3 and "90 pending" in pending.stdout
+    assert cli("worker", "--burst").returncode == 0
+    status = cli("status", "cli-run")
+    assert status.returncode == 0 and "90 with a verdict, 0 pending" in status.stdout
+    tail = cli("tail", "cli-run")
+    assert tail.returncode == 0 and tail.stdout.count("result: outcome=ok") == 90
+    assert "Commentary:" in tail.stdout
+    out = tmp_path / "r.csv"
+    collected = cli("collect", "cli-run", "--out", str(out))
+    assert collected.returncode == 0, collected.stderr
+    assert len(pd.read_csv(out)) == 90
+    missing = cli("status", "no-such-run")
+    assert missing.returncode == 2 and "no run 'no-such-run'" in missing.stderr

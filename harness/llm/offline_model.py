@@ -2,13 +2,24 @@
 
 Why it exists: the harness must run end to end with no network and no API key (tests, CI,
 demos, notebooks), and prompt research needs a floor to compare real models against. This is
-that floor, not a model: a small curated lexicon with word-boundary matching, a few phrases,
-crude inflection handling, and simple damping for negation ("I would never kill ...") and for
-benign look-alikes ("kill a process", "shoot a photo", "heart attack", "sex education").
+that floor, not a model: a curated lexicon of general vocabulary (a few dozen to ~100 terms per
+signal) with word-boundary matching, phrases, crude inflection handling, and a handful of
+small rules:
 
-What it deliberately does not do: understand meaning, sarcasm, quotes, counter-speech,
-obfuscated spelling or languages other than English. No slurs are listed on purpose; hate is
-detected from a protected-group mention near dehumanising or threatening words. It reads the
+- two-word patterns with a gap ("break his jaw", "hide my cuts", "make the judge pay");
+- incitement: a modal just before a violent word ("should be shot", "deserve to be beaten");
+- ages under 18 as "12 year old", "fourteen year old", "14yo", "15f", "I'm 13", "under 16";
+  grooming phrases and image/contact requests count as sexual only next to such a minor;
+- a protected group (or a place of worship, for threats) in the same sentence turns
+  dehumanising or violent words into hate; doxxing needs an exposure cue ("found", "posting");
+- violence/graphic from violence plus gore, or from enough gore alone (a crash, an injury);
+- damping for negation ("I would never kill ..."), benign look-alikes ("kill a process",
+  "shoot a photo", "cutting carbs"), and context words near a hit (news, history, fiction,
+  games, pests, sex education, prevention and recovery, counter-speech that reports a quote).
+
+What it deliberately does not do: understand meaning, sarcasm, quotes, obfuscated spelling or
+languages other than English. No slurs are listed on purpose; hate is detected from a
+protected-group mention near dehumanising, stereotyping or threatening words. It reads the
 category list from the prompt (`- CODE (name): definition` lines) and ignores the rest of the
 prompt's wording, so it cannot tell prompts apart beyond their taxonomy. Its numbers say how
 far a lexical rule gets, nothing more.
@@ -66,7 +77,8 @@ _LEXICON: dict[str, dict[str, float]] = {
         "jerk off": 1, "jack off": 1, "wank": 1, "hentai": 1, "smut": 1, "lewd": 1, "milf": 1,
         "rule 34": 1, "nudity": 0.8, "topless": 0.8, "undress": 1, "striptease": 1,
         "lap dance": 1, "dirty talk": 1, "sex tape": 1, "sex toy": 1, "vibrator": 0.7,
-        "fuck me": 1, "suck my": 0.8, "ride me": 0.8, "turn me on": 0.8, "turned on": 0.5,
+        "fuck me": 1, "fuck her": 1, "fuck him": 0.8, "suck my": 0.8, "ride me": 0.8,
+        "turn me on": 0.8, "turned on": 0.5,
         "get laid": 1, "booty call": 1, "one night stand": 0.8, "friends with benefits": 0.8,
         "make love": 0.7, "sexual relationship": 1, "sexual activity": 1, "sexual acts": 1,
         "sexual favors": 1, "dick pic": 1, "erotic roleplay": 1, "kinky": 0.8, "kink": 0.7,
@@ -79,9 +91,13 @@ _LEXICON: dict[str, dict[str, float]] = {
         "lingerie": 0.4, "seductive": 0.4, "breasts": 0.4, "dick": 0.4, "fuck": 0.4,
         "rape": 0.5, "slut": 0.5, "whore": 0.5, "flirty": 0.5, "flirt": 0.4, "suggestive": 0.6,
         "roleplay": 0.3, "intimate": 0.3, "fondle": 1, "between her legs": 1,
-        "between her thighs": 1, "thighs": 0.4,
+        "between her thighs": 1, "thighs": 0.4, "under her shirt": 0.6, "under her skirt": 0.8,
+        "every inch of your body": 0.8, "throbbing": 0.6, "climax": 0.6, "come for me": 0.8,
+        "shaft": 0.4, "lick": 0.5, "suck": 0.5, "moaned": 0.6, "groan": 0.4, "gasp": 0.3,
+        "stroking": 0.4, "caress": 0.5, "tongue": 0.3, "kiss": 0.3, "wet": 0.3, "dripping": 0.3,
+        "unzip": 0.5, "bed": 0.2, "panting": 0.3,
         # solicitation, sex work and adult-service ads
-        "sexual services": 1, "escort service": 1, "escort": 0.5, "hookup": 0.5, "hook up": 0.5,
+        "sexual services": 1, "escort service": 1, "escort": 0.5, "hookup": 0.7, "hook up": 0.5,
         "hot singles": 1, "no strings attached": 0.6, "cam show": 1, "camgirl": 1, "cam girl": 1,
         "webcam": 0.3, "cam": 0.4, "private show": 0.8, "adult content": 0.8, "adult": 0.3,
         "incall": 1, "outcall": 1, "gfe": 1, "happy ending": 0.6, "full service": 0.5,
@@ -111,14 +127,16 @@ _LEXICON: dict[str, dict[str, float]] = {
         "pic": 0.35, "pics": 0.35, "photo": 0.35, "picture": 0.35, "video call": 0.35,
         "modeling": 0.35, "swap": 0.35, "trade": 0.35, "private": 0.35, "secret": 0.35,
         "dm": 0.35, "message me": 0.35, "boyfriend": 0.35, "girlfriend": 0.35, "paying": 0.35,
-        "snapchat": 0.35, "alone": 0.35, "meet up": 0.35,
+        "snapchat": 0.35, "alone": 0.35, "meet up": 0.35, "chat": 0.35, "hot": 0.35,
+        "body": 0.35, "older guy": 0.5, "older man": 0.5, "cute": 0.2,
     },
     "violence": {
         "kill": 1, "murder": 1, "stab": 1, "behead": 1, "decapitate": 1, "slaughter": 1,
         "massacre": 1, "torture": 1, "strangle": 1, "lynch": 1, "rape": 1, "maim": 1,
         "mutilate": 1, "dismember": 1, "bludgeon": 1, "bloodbath": 1, "gun down": 1,
         "beat up": 1, "burn alive": 1, "hurt you": 1, "break your": 1, "slit your throat": 1,
-        "suicide bomber": 1, "shoot up": 0.8, "mass shooting": 1, "put a bullet": 1,
+        "suicide bomber": 1, "shoot up": 1, "mass shooting": 1, "school shooting": 1,
+        "you're dead": 1, "you are dead": 1, "dead meat": 0.8, "put a bullet": 1,
         "blow his brains out": 1, "curb stomp": 1, "cut off his": 0.8, "cut off her": 0.8,
         "chop off": 0.8, "beat the shit out": 1,
         "beat the crap out": 1, "kick his ass": 0.8, "hunt down": 0.8, "set fire": 0.8,
@@ -126,7 +144,8 @@ _LEXICON: dict[str, dict[str, float]] = {
         "kidnap": 0.8, "smash your": 0.8, "slash": 0.8, "slit": 0.6, "assault": 0.7, "bomb": 0.7,
         "blow up": 0.7, "attack": 0.6, "punch": 0.6, "knock out": 0.6, "teach a lesson": 0.6,
         "deserve to die": 0.6, "by force": 0.6, "hostage": 0.6, "drown": 0.5, "poison": 0.5,
-        "smash": 0.5, "bash": 0.5, "stomp": 0.5, "beat": 0.5, "execute": 0.5, "brutally": 0.5,
+        "smash": 0.5, "bash": 0.5, "torch": 0.4, "stomp": 0.5, "beat": 0.5, "execute": 0.5,
+        "brutally": 0.5,
         "choke": 0.4, "kick": 0.3, "fist": 0.4, "violence": 0.4, "violent": 0.4, "gun": 0.4,
         "shot": 0.4, "machete": 0.4, "knife": 0.3, "brutal": 0.3, "weapon": 0.3,
     },
@@ -146,7 +165,8 @@ _LEXICON: dict[str, dict[str, float]] = {
     "gore": {
         "gore": 1, "gory": 1, "entrails": 1, "disembowel": 1, "dismember": 1, "decapitate": 1,
         "behead": 1, "mutilate": 1, "splatter": 1, "pool of blood": 1, "blood everywhere": 1,
-        "brain matter": 1, "exposed bone": 1, "innards": 1, "headless": 0.8,
+        "brain matter": 1, "exposed bone": 1, "skinned alive": 1, "bleed out": 0.8, "innards": 1,
+        "headless": 0.8,
         "gruesome": 0.8, "intestines": 0.8, "insides": 0.8, "severed": 0.8, "mangled": 0.8,
         "gouge": 0.8, "ripped open": 0.8, "ripped off": 0.5, "torn off": 0.6, "guts": 0.7,
         "gaping wound": 0.8, "charred": 0.6, "crushed": 0.6, "pulp": 0.6, "gash": 0.6,
@@ -165,7 +185,9 @@ _LEXICON: dict[str, dict[str, float]] = {
         "invaders": 0.8, "degenerate": 0.8, "go back to": 0.8, "don't belong": 0.8,
         "criminals": 0.8, "rapists": 0.8, "terrorists": 0.8, "pedophiles": 0.8, "perverts": 0.8,
         "uncivilized": 0.8, "inbred": 0.8, "freeloaders": 0.8, "drain on": 0.8,
-        "can't be trusted": 0.8, "send them back": 0.8, "control the media": 0.8,
+        "can't be trusted": 0.8, "send them back": 0.8, "control the media": 1,
+        "control the banks": 1, "run the media": 1, "whores": 0.8, "sluts": 0.8,
+        "gold diggers": 0.6,
         "should never be allowed": 0.7, "shouldn't be allowed": 0.7, "should not be allowed": 0.7,
         "not welcome": 0.7, "primitive": 0.7, "barbaric": 0.7, "unnatural": 0.7,
         "mentally ill": 0.7, "perverted": 0.7, "steal our jobs": 0.7, "thieves": 0.7,
@@ -178,7 +200,8 @@ _LEXICON: dict[str, dict[str, float]] = {
     },
     "hate_phrase": {  # hateful on their own
         "white power": 1, "race traitor": 1, "master race": 1, "heil hitler": 1,
-        "sieg heil": 1, "1488": 1, "belong in the kitchen": 1, "go back to your country": 1,
+        "sieg heil": 1, "1488": 1, "belong in the kitchen": 1, "stay in the kitchen": 1,
+        "back to the kitchen": 1, "make me a sandwich": 0.8, "go back to your country": 1,
         "white genocide": 0.8, "race war": 0.8, "great replacement": 0.7, "white pride": 0.6,
         "white supremacy": 0.5,
     },
@@ -203,8 +226,10 @@ _LEXICON: dict[str, dict[str, float]] = {
         "i know where you live": 1, "drink bleach": 1, "dox": 1, "doxx": 1,
         "make her life hell": 1, "make his life hell": 1, "make your life hell": 1,
         "spam her": 1, "spam his": 1, "spam him": 1, "spam their": 0.8, "mass report": 1,
-        "dogpile": 1, "flood her": 0.8, "flood his": 0.8, "ruin your life": 0.8, "ruin her life": 0.8, "ruin his life": 0.8,
-        "you'll regret": 0.6, "new accounts": 0.5, "watch your back": 0.8, "go to hell": 0.8,
+        "dogpile": 1, "flood her": 0.8, "flood his": 0.8, "ruin your life": 0.8,
+        "ruin her life": 0.8, "ruin his life": 0.8,
+        "you'll regret": 0.6, "you're dead": 0.6, "just die": 0.8, "new accounts": 0.5,
+        "watch your back": 0.8, "go to hell": 0.8,
         "kill you": 0.6, "shut up": 0.6, "stalk": 0.6, "you should be ashamed": 0.6,
         "get lost": 0.4,
     },
@@ -228,12 +253,17 @@ _LEXICON: dict[str, dict[str, float]] = {
         "nobody would miss you": 0.5, "no one would miss you": 0.5, "anorexia": 0.5,
         "bulimia": 0.5, "razor blade": 0.5, "relapse": 0.4, "cutting": 0.4, "laxatives": 0.4,
         "skip meals": 0.4, "purge": 0.4, "want it to end": 0.8, "want it all to end": 1,
-        "end it": 0.5, "i hate myself": 0.6, "hate my body": 0.5, "i'm disgusting": 0.5,
+        "end it": 0.5, "tired of living": 1, "no point in living": 1, "wish i was dead": 1,
+        "wish i were dead": 1, "never wake up": 0.8, "sleep and never wake up": 1,
+        "asleep and never wake up": 1,
+        "give up on life": 0.8,
+        "don't see the point": 0.6, "can't do this anymore": 0.6, "i hate myself": 0.6,
+        "hate my body": 0.5, "i'm disgusting": 0.5,
         "thinner": 0.4, "pills": 0.3, "jump off": 0.4, "wrists": 0.4, "starving": 0.2,
     },
 }
 
-# Two words with up to `gap` words between them in one sentence (base forms):
+# Two words in one sentence with a few words between them (base or raw forms):
 # (signal, label, first words, second words, min words between, max words between, weight).
 _BODY = ("jaw neck skull nose teeth face ribs rib leg legs arm arms knee knees spine throat"
          " head fingers wrist")
@@ -249,8 +279,8 @@ _PAIRS: list[tuple[str, str, str, str, int, int, float]] = [
     ("harass_phrase", "until she quits", "until", "quit delete leave cry", 1, 1, 0.5),
     ("selfharm", "took pills", "took take swallow swallowed", "pills", 0, 3, 0.6),
     ("selfharm", "hide cuts", "hide cover", "cut scar marks wound burns", 0, 3, 1.0),
-    ("selfharm", "self-harm endorsed", "cutting starve purge", "help relief release only numb",
-     0, 5, 0.8),
+    ("selfharm", "self-harm endorsed", "cutting starve purge",
+     "help relief release only numb calm again notice noticing", 0, 5, 0.8),
 ]
 
 # Multi-word phrases that are one concept: single-word hits of other signals inside them are
@@ -272,6 +302,8 @@ _AFTER: dict[str, str] = {
     "murder": "mystery mysteries novel novels podcast podcasts show documentary pizza burger"
               " food meal sandwich plate",
     "slaughter": "me us",
+    "shoot up": "heroin drugs dope meth",
+    "you're dead": "to inside",
     "shoot": "photo photos picture pictures video videos film scene movie email message hoops"
              " basket breeze footage commercial wedding portrait portraits model star stars"
              " guard range me",
@@ -347,26 +379,30 @@ _SIGNAL_BENIGN: dict[str, tuple[int, frozenset[str]]] = {
     "sexual": (12, frozenset(
         "education educational health healthcare clinic doctor biology anatomy awareness"
         " contraception std sti pregnancy pregnant gynecologist gynaecologist puberty"
-        " reproductive medical".split())),
+        " reproductive medical definition define".split())),
     "selfharm": (8, frozenset(
         "prevention hotline helpline lifeline 988 awareness statistics research rates squad"
         " doors recovery recovering recovered clean free therapist therapy counselor counseling"
-        " counselling grateful support plant plants garden propagate".split())),
+        " counselling grateful support plant plants garden propagate definition define"
+        .split())),
     "violence": (8, frozenset(
         "police arrested arrest suspect suspects witnesses witness charged sentenced convicted"
         " trial investigation investigating gunman chess game games gaming videogame level"
         " boss tournament pests pest aphids insects bugs mosquito mosquitoes weeds mold ants"
         " termites fleas lice garden tomatoes defense defence history historical novel novels"
-        " film movie movies villain character characters fiction fictional plot episode"
+        " film movie movies villain character characters fiction fictional plot episode holocaust"
+        " wwii ww2 century historians definition define goat cow cows pig pigs chicken"
+        " chickens sheep lamb cattle livestock fish deer humanely"
         .split())),
     "hate": (15, frozenset(
         "reported report reporting condemn condemned condemns unacceptable wrong remove removed"
-        " history historical documentary".split())),
+        " history historical documentary holocaust historians definition define".split())),
     "gore": (8, frozenset(
         "anatomy surgery surgical recipe halloween costume makeup prop props fake".split())),
 }
 _EXPOSURE = frozenset("found post leak leaked share expose exposed dox doxx everyone spread"
                       " publish here's".split())
+_POSSESSIVE = frozenset("her his your their".split())
 _COPULA = frozenset("are is r being".split())
 _INCITE = frozenset("should must deserve need ought lets let's".split())  # "should be shot"
 _HELP_SEEKING = ("what should i do", "what do i do", "is this normal", "how do i report",
@@ -404,10 +440,13 @@ _NEGATORS = frozenset(
 _IRREGULAR = {"dying": "die", "beaten": "beat", "hung": "hang", "hanged": "hang",
               "slain": "kill", "bled": "blood", "kids": "kid", "teens": "teen",
               "kidding": "kidding", "skilled": "skilled", "taught": "teach", "burnt": "burn",
-              "bloodier": "bloody", "bloodiest": "bloody", "children": "children"}
+              "bloodier": "bloody", "bloodiest": "bloody",
+              "thrown": "throw", "threw": "throw"}
 _AGE_WORDS = {"ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
               "fifteen": 15, "sixteen": 16, "seventeen": 17}
 _AGE_BEFORE = frozenset("i'm im you're youre she's shes he's hes aged age am".split())
+_AGE_SUBJECTS = frozenset("she he daughter son stepdaughter stepson niece nephew girl boy kid"
+                          " sister brother".split())  # "she is 14"
 _NOT_AGE_AFTER = frozenset("minutes minute mins min hours hour hrs days day weeks week months"
                            " month times ft feet inches inch kg lbs pounds miles km percent"
                            " dollars points".split())
@@ -451,18 +490,23 @@ class _Entry:
     weight: float
 
 
-def _build_index() -> tuple[dict[str, list[_Entry]], frozenset[str], frozenset[str]]:
-    """Term index by first word, the lexicon's words, and the context words."""
-    index: dict[str, list[_Entry]] = {}
+def _build_index() -> tuple[dict[str, list[_Entry]], dict[tuple[str, str], list[_Entry]],
+                            frozenset[str], frozenset[str]]:
+    """Single terms by word, phrases by their first two words, lexicon words, context words."""
+    singles: dict[str, list[_Entry]] = {}
+    phrases: dict[tuple[str, str], list[_Entry]] = {}
     lexical: set[str] = set()  # single-word terms
     context: set[str] = set()  # words of phrases and of the context rules
     for signal, terms in _LEXICON.items():
         for term, weight in terms.items():
             words = tuple(term.split())
-            index.setdefault(words[0], []).append(_Entry(signal, term, words, float(weight)))
-            (lexical if len(words) == 1 else context).update(words)
-    for entries in index.values():
-        entries.sort(key=lambda e: -len(e.words))
+            entry = _Entry(signal, term, words, float(weight))
+            if len(words) == 1:
+                singles.setdefault(words[0], []).append(entry)
+                lexical.add(words[0])
+            else:
+                phrases.setdefault(words[:2], []).append(entry)
+                context.update(words)
     for table in (_AFTER, _BEFORE):
         for key, words in table.items():
             context.update(key.split())
@@ -473,12 +517,13 @@ def _build_index() -> tuple[dict[str, list[_Entry]], frozenset[str], frozenset[s
         context.update(first.split())
         context.update(second.split())
     context.update(_GROUP_NOUNS, _GROUP_ADJECTIVES, _PEOPLE, _SECOND_PERSON, _NEGATORS, _WORSHIP,
-                   _EXPOSURE, _INCITE, _COPULA, _AGE_WORDS, _AGE_BEFORE, _NOT_AGE_AFTER)
+                   _EXPOSURE, _INCITE, _COPULA, _AGE_WORDS, _AGE_BEFORE, _AGE_SUBJECTS,
+                   _NOT_AGE_AFTER)
     context.update({"year", "old", "yo", "under", "and", "or", "younger"})
-    return index, frozenset(lexical), frozenset(context - lexical)
+    return singles, phrases, frozenset(lexical), frozenset(context - lexical)
 
 
-_INDEX, _LEXICAL, _CONTEXT = _build_index()
+_SINGLES, _PHRASES, _LEXICAL, _CONTEXT = _build_index()
 _AFTER_SETS = {k: frozenset(v.split()) for k, v in _AFTER.items()}
 _BEFORE_SETS = {k: frozenset(v.split()) for k, v in _BEFORE.items()}
 _PAIR_SETS = [(sig, label, frozenset(a.split()), frozenset(b.split()), lo, hi, w)
@@ -574,7 +619,9 @@ def _age_at(raw: list[str], base: list[str], i: int) -> int | None:
         return age
     if base[i - 2 : i] == ["age", "of"] and i >= 3 and base[i - 3] == "under":
         return age
-    if (raw[i - 1] if i else "") in _AGE_BEFORE and age >= 10:
+    said = (raw[i - 1] if i else "") in _AGE_BEFORE or (
+        i >= 2 and raw[i - 1] in ("is", "was") and raw[i - 2] in _AGE_SUBJECTS)
+    if said and age >= 10:
         if not nxt or nxt[0] not in _NOT_AGE_AFTER:
             return age
     return None
@@ -589,21 +636,24 @@ def _find_hits(raw: list[str], base: list[str]) -> list[_Hit]:
     for i, tok in enumerate(base):
         if tok == _PUNCT:
             continue
-        entries = _INDEX.get(tok, [])
-        if raw[i] != tok and raw[i] in _INDEX:
-            entries = entries + _INDEX[raw[i]]
-        for entry in entries:
-            ws = entry.words
-            k = len(ws)
-            if k == 1:
+        firsts = (tok,) if raw[i] == tok else (tok, raw[i])
+        for first in firsts:
+            for entry in _SINGLES.get(first, ()):
                 single.append(_Hit(entry.signal, entry.term, i, i + 1, entry.weight))
-            elif i + k <= n and (base[i + 1] == ws[1] or raw[i + 1] == ws[1]) and all(
-                base[i + m] == w or raw[i + m] == w for m, w in enumerate(ws)
-            ):
-                multi.append(_Hit(entry.signal, entry.term, i, i + k, entry.weight))
-                inside.update((entry.signal, j) for j in range(i, i + k))
-                if entry.term in _SUPPRESSING:
-                    covered.update(range(i, i + k))
+        if i + 1 < n:
+            seconds = (base[i + 1],) if raw[i + 1] == base[i + 1] else (base[i + 1], raw[i + 1])
+            for first in firsts:
+                for second in seconds:
+                    for entry in _PHRASES.get((first, second), ()):
+                        ws = entry.words
+                        k = len(ws)
+                        if i + k <= n and all(
+                            base[i + m] == w or raw[i + m] == w for m, w in enumerate(ws)
+                        ):
+                            multi.append(_Hit(entry.signal, entry.term, i, i + k, entry.weight))
+                            inside.update((entry.signal, j) for j in range(i, i + k))
+                            if entry.term in _SUPPRESSING:
+                                covered.update(range(i, i + k))
         if tok[:1].isdigit() or tok in _AGE_WORDS:
             age = _age_at(raw, base, i)
             if age is not None:
@@ -747,14 +797,19 @@ def _signals(raw: list[str], base: list[str]) -> _Signals:
             sig.add("harassment", hit.term, w if targeted else w * 0.4)
         elif hit.signal == "harass_phrase":
             sig.add("harassment", hit.term, w)
-        elif hit.signal == "doxx":  # details plus "found"/"posting" is exposure
-            sig.add("harassment", hit.term, w if _near(raw, base, hit, 10, _EXPOSURE) else w * 0.3)
+        elif hit.signal == "doxx":  # someone's details plus "found"/"posting" is exposure
+            if not _near(raw, base, hit, 10, _EXPOSURE):
+                w *= 0.3
+            elif hit.start and (raw[hit.start - 1] in _POSSESSIVE
+                                or raw[hit.start - 1].endswith("'s")):
+                w *= 1.7  # "posting her home address"
+            sig.add("harassment", hit.term, w)
         else:
             sig.add(hit.signal, hit.term, w)
             if hit.signal == "violence" and any(
                 _is(raw, base, j, _SECOND_PERSON) for j in range(hit.end, min(n_tok, hit.end + 3))
             ):
-                sig.add("harassment", hit.term, w * 0.8)  # a violent threat aimed at "you"
+                sig.add("harassment", hit.term, w)  # a violent threat aimed at "you"
             if hit.signal in ("violence", "threat") and _group_near(
                 raw, base, hit.start, hit.end, 10, worship=True
             ):
