@@ -45,6 +45,7 @@ class Settings:
     retry_base_s: float = 1.0
     retry_cap_s: float = 60.0
     concurrency: int = 16
+    offline_delay_ms: float = 0.0  # pause between the offline model's chunks, to watch it stream
 
     @property
     def endpoint(self) -> str:
@@ -76,6 +77,7 @@ def load_settings(**overrides: object) -> Settings:
         retry_base_s=_float("HARNESS_RETRY_BASE", 1.0),
         retry_cap_s=_float("HARNESS_RETRY_CAP", 60.0),
         concurrency=_int("HARNESS_CONCURRENCY", 16),
+        offline_delay_ms=_float("HARNESS_OFFLINE_DELAY_MS", 0.0),
     )
     env.update({k: v for k, v in overrides.items() if v is not None})
     s = Settings(**env)  # type: ignore[arg-type]

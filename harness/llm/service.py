@@ -39,8 +39,10 @@ def build_client(settings: Settings) -> openai.AsyncOpenAI:
     """
     if settings.offline:
         from harness.llm.inprocess import offline_client
+        from harness.llm.openai_app import FaultConfig
 
-        return offline_client(timeout=settings.llm_timeout_s, max_retries=0)
+        faults = FaultConfig(token_delay_ms=settings.offline_delay_ms) if settings.offline_delay_ms else None
+        return offline_client(faults, timeout=settings.llm_timeout_s, max_retries=0)
     return openai.AsyncOpenAI(
         base_url=settings.base_url,
         api_key=settings.api_key or "none",
