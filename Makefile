@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 OUT    ?= reports/latest
 ARGS   ?=
 
-.PHONY: setup eval test lint clean worker enqueue redis
+.PHONY: setup eval test lint clean worker enqueue redis notebooks
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ setup: $(STAMP)
 
 ## The main job: score the bundled prompt(s) on a labelled dataset (DATASET=path OUT=dir PROMPTS="a.toml b.toml")
 eval: $(STAMP)
-	$(BIN)/harness eval $(PROMPTS) $(if $(DATASET),--dataset $(DATASET)) --out $(OUT) $(ARGS)
+	$(BIN)/harness eval $(PROMPTS) $(if $(DATASET),--dataset "$(DATASET)") --out $(OUT) $(ARGS)
 
 ## The whole test suite (starts its own redis-server and model server on free ports)
 test: $(STAMP)
@@ -31,13 +31,22 @@ worker: $(STAMP)
 
 enqueue: $(STAMP)
 	@test -n "$(DATASET)" || (echo "usage: make enqueue DATASET=path [PROMPT=file.toml] [RUN_ID=id]"; exit 2)
-	$(BIN)/harness enqueue $(DATASET) $(if $(PROMPT),--prompt $(PROMPT)) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
+	$(BIN)/harness enqueue "$(DATASET)" $(if $(PROMPT),--prompt $(PROMPT)) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
 
 redis: $(STAMP)
 	$(BIN)/harness redis
 
+## JupyterLab on the notebooks (prompt lab, evaluate and compare, batch to workers)
+notebooks: $(STAMP)
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+## Reliability drills: injected model faults, SIGKILLed workers, a Redis restart, hostile input (local only, a few minutes)
+.PHONY: drills
+drills: $(STAMP)
+	$(BIN)/python bench/drills.py
 
 clean:
 	rm -rf reports .harness test-output .pytest_cache

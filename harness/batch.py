@@ -33,7 +33,7 @@ from harness.datasets import iter_items, load_dataset
 from harness.events import Event
 from harness.inline import resolve_prompt
 from harness.redis_store import RedisEventStream, RedisStore
-from harness.results import default_run_id, predictions_frame
+from harness.results import check_run_id, default_run_id, predictions_frame
 from harness.schema import PromptSpec, Verdict
 from harness.sync import run_blocking
 from harness.worker import json_deserializer, json_serializer
@@ -233,14 +233,20 @@ async def enqueue_dataframe_async(
     queue_name: str = default_queue_name,
     settings: Settings | None = None,
     sample_index: int = 0,
+    semantic_cache: bool = False,
+    semantic_threshold: float | None = None,
 ) -> RunHandle:
-    """Write the run and its items to Redis and enqueue one job per item still without a verdict."""
+    """Write the run and its items to Redis and enqueue one job per item still without a verdict.
+
+    `semantic_cache` lets near-duplicates reuse a verdict (see harness/semantic.py)."""
     settings = settings or load_settings()
     if cache is not None:
         settings = settings.with_cache_mode(cache)
     spec = resolve_prompt(prompt, model, settings)
     items = load_dataset(data, codes=spec.taxonomy.codes)  # every check runs before any write
-    run_id = run_id or default_run_id(spec, items)
+    if items.empty:
+        raise ValueError("nothing to enqueue: the dataset has no rows")
+    run_id = check_run_id(run_id) if run_id else default_run_id(spec, items)
     from harness.redis_server import resolve_redis_url
 
     redis_url = resolve_redis_url(redis_url)
@@ -256,6 +262,8 @@ async def enqueue_dataframe_async(
         "cache_mode": settings.cache_mode, "sample_index": sample_index,
         "dataset": str(items.attrs.get("source", "DataFrame")), "n_items": len(items),
         "endpoint": settings.endpoint, "created": (existing or {}).get("created", time.time()),
+        "semantic_cache": bool(semantic_cache), "semantic_threshold": semantic_threshold,
+        "queue_name": queue_name,
     })
     await store.put_items(run_id, iter_items(items), seq=True)
     done = await store.verdict_ids(run_id)

@@ -12,10 +12,24 @@ from harness.config import CACHE_MODES
 def _eval(args: argparse.Namespace) -> int:
     from harness.evaluate import evaluate
 
-    asyncio.run(evaluate(args.prompts or None, args.dataset, out_dir=args.out, model=args.model,
-                         concurrency=args.concurrency, cache=args.cache, limit=args.limit,
-                         progress=not args.no_progress))
-    return 0
+    runs = asyncio.run(evaluate(args.prompts or None, args.dataset, out_dir=args.out, model=args.model,
+                                concurrency=args.concurrency, cache=args.cache, limit=args.limit,
+                                progress=not args.no_progress, semantic_cache=args.semantic_cache,
+                                semantic_threshold=args.semantic_threshold))
+    status = 0
+    for result, metrics in runs:
+        if metrics["n_items"] and metrics["outcomes"]["error"] == metrics["n_items"]:
+            first = next((v.error for v in result.verdicts.values() if v.error), "")
+            print(f"harness: every item of {result.spec.label} ended in error; the first: {first}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
 
 
 def _enqueue(args: argparse.Namespace) -> int:
@@ -24,7 +38,8 @@ def _enqueue(args: argparse.Namespace) -> int:
     async def go() -> int:
         handle = await enqueue_dataframe_async(args.dataset, args.prompt, model=args.model, run_id=args.run_id,
                                                cache=args.cache, progress=not args.no_progress,
-                                               queue_name=args.queue)
+                                               queue_name=args.queue, semantic_cache=args.semantic_cache,
+                                               semantic_threshold=args.semantic_threshold)
         p = await handle.progress()
         await handle.close()
         print(f"run {handle.run_id}: {p['items']} items, {handle.enqueued} jobs enqueued, "
@@ -50,10 +65,13 @@ def _status(args: argparse.Namespace) -> int:
             pred = await handle.collect()
         finally:
             await handle.close()
-        counts = pred["outcome"].value_counts().to_dict()
-        pending = int(pred["error"].fillna("").str.startswith("pending").sum())
-        print(f"run {p['run_id']}: {p['items']} items, {p['done']} with a verdict, {pending} pending; "
-              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        is_pending = pred["error"].fillna("").str.startswith("pending")
+        pending = int(is_pending.sum())
+        failed = int(pred["error"].fillna("").str.startswith("job failed").sum())
+        counts = pred.loc[~is_pending, "outcome"].value_counts().to_dict()
+        print(f"run {p['run_id']}: {len(pred)} items, {len(pred) - pending - failed} with a verdict, "
+              f"{failed} failed jobs, {pending} pending; outcomes: "
+              + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"))
         return 0 if pending == 0 else 3
 
     return asyncio.run(go())
@@ -138,6 +156,13 @@ def _redis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _semantic_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--semantic-cache", action="store_true",
+                        help="near-duplicates reuse a verdict of the same prompt version and model")
+    parser.add_argument("--semantic-threshold", type=float, default=None, metavar="X",
+                        help="cosine similarity for a semantic hit (default: HARNESS_SEMANTIC_THRESHOLD or 0.9)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,10 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", "-d", default=None, help="CSV, JSONL or JSONL.gz; default: the bundled mini set")
     ev.add_argument("--out", "-o", default=None, help="report folder (default: reports/<timestamp>)")
     ev.add_argument("--model", "-m", default=None, help="model name (default: HARNESS_MODEL or the prompt's)")
-    ev.add_argument("--concurrency", "-c", type=int, default=None, help="parallel model calls (default 16)")
+    ev.add_argument("--concurrency", "-c", type=positive_int, default=None, help="parallel model calls (default 16)")
     ev.add_argument("--cache", choices=CACHE_MODES, default=None, help="response cache mode (default: use)")
     ev.add_argument("--limit", type=int, default=None, help="only the first N items")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _semantic_args(ev)
     ev.set_defaults(func=_eval)
 
     from arq.constants import default_queue_name
@@ -163,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--cache", choices=CACHE_MODES, default=None)
     en.add_argument("--queue", default=default_queue_name)
     en.add_argument("--no-progress", action="store_true")
+    _semantic_args(en)
     en.set_defaults(func=_enqueue)
 
     st = sub.add_parser("status", help="progress and outcomes of a worker run")
@@ -184,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     wo = sub.add_parser("worker", help="run an Arq worker for the harness tasks")
     wo.add_argument("--burst", action="store_true", help="exit when the queue is empty")
-    wo.add_argument("--max-jobs", type=int, default=None, help="concurrent jobs (default 100)")
+    wo.add_argument("--max-jobs", type=positive_int, default=None, help="concurrent jobs (default 100)")
     wo.add_argument("--queue", default=default_queue_name)
     wo.add_argument("--graceful-timeout", type=float, default=60.0, help="seconds running jobs get on stop")
     wo.add_argument("--verbose", "-v", action="store_true", help="log every job")
@@ -208,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:  # SpecError, DatasetError: ValueErrors
-        print(f"harness: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:  # `harness tail R | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
+    except (ValueError, OSError, LookupError, RuntimeError) as exc:  # SpecError, DatasetError: ValueErrors
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"harness: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,18 @@ DEFAULT_DATASET = PROJECT_ROOT / "datasets" / "mini_moderation.jsonl"
 CACHE_MODES = ("use", "refresh", "off")
 
 
+def _without_credentials(url: str) -> str:
+    """A URL without user:password@, which must not reach cache keys, logs or reports."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
 def _float(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -28,6 +40,11 @@ def _int(name: str, default: int) -> int:
     if value != int(value) or value < 0:
         raise ValueError(f"{name}: expected a whole number >= 0, got {value!r}")
     return int(value)
+
+
+def _names(name: str) -> tuple[str, ...]:
+    """A comma-separated list from the environment ("a, b,c"), empty when unset."""
+    return tuple(x.strip() for x in os.environ.get(name, "").split(",") if x.strip())
 
 
 @dataclass(frozen=True)
@@ -46,11 +63,28 @@ class Settings:
     retry_cap_s: float = 60.0
     concurrency: int = 16
     offline_delay_ms: float = 0.0  # pause between the offline model's chunks, to watch it stream
+    # semantic cache (harness/semantic.py, harness/embeddings.py); a run opts in with `semantic_cache`
+    semantic_threshold: float = 0.9  # cosine similarity a near-duplicate must reach to reuse a verdict
+    embedding_model: str | None = None  # None: the offline hashed char-3-gram embedding
+    # notifications (harness/notify.py); the webhook URL and headers are secrets, never logged
+    webhook_url: str | None = field(default=None, repr=False)
+    webhook_headers: str | None = field(default=None, repr=False)  # JSON object of extra headers
+    notify_channels: tuple[str, ...] = ("log", "webhook")  # webhook only when a URL is set
+    notify_on: tuple[str, ...] = ("run_finished", "item_flagged", "run_stuck", "run_summary")
+    notify_categories: tuple[str, ...] = ()
+    notify_max_tries: int = 5
+    # periodic jobs (harness/cron.py): "30s", "5m", "1h" or "off"
+    cron_maintenance: str = "1h"
+    cron_watchdog: str = "1m"
+    cron_summary: str = "15m"
+    watchdog_min_age_s: float = 120.0  # a run younger than this is not checked for lost jobs
+    watchdog_max_requeues: int = 3  # re-enqueues per item before the watchdog only reports it
+    events_retention_s: float = 7 * 86400.0  # cache maintenance trims older events
 
     @property
     def endpoint(self) -> str:
         """What the cache key and reports call the endpoint; never carries a secret."""
-        return (self.base_url or OFFLINE_ENDPOINT).rstrip("/")
+        return _without_credentials(self.base_url or OFFLINE_ENDPOINT).rstrip("/")
 
     @property
     def offline(self) -> bool:
@@ -78,6 +112,20 @@ def load_settings(**overrides: object) -> Settings:
         retry_cap_s=_float("HARNESS_RETRY_CAP", 60.0),
         concurrency=_int("HARNESS_CONCURRENCY", 16),
         offline_delay_ms=_float("HARNESS_OFFLINE_DELAY_MS", 0.0),
+        semantic_threshold=_float("HARNESS_SEMANTIC_THRESHOLD", 0.9),
+        embedding_model=os.environ.get("HARNESS_EMBEDDING_MODEL", "").strip() or None,
+        webhook_url=os.environ.get("HARNESS_WEBHOOK_URL", "").strip() or None,
+        webhook_headers=os.environ.get("HARNESS_WEBHOOK_HEADERS", "").strip() or None,
+        notify_channels=_names("HARNESS_NOTIFY_CHANNELS") or ("log", "webhook"),
+        notify_on=_names("HARNESS_NOTIFY_ON") or ("run_finished", "item_flagged", "run_stuck", "run_summary"),
+        notify_categories=_names("HARNESS_NOTIFY_CATEGORIES"),
+        notify_max_tries=_int("HARNESS_NOTIFY_MAX_TRIES", 5),
+        cron_maintenance=os.environ.get("HARNESS_CRON_MAINTENANCE", "").strip() or "1h",
+        cron_watchdog=os.environ.get("HARNESS_CRON_WATCHDOG", "").strip() or "1m",
+        cron_summary=os.environ.get("HARNESS_CRON_SUMMARY", "").strip() or "15m",
+        watchdog_min_age_s=_float("HARNESS_WATCHDOG_MIN_AGE", 120.0),
+        watchdog_max_requeues=_int("HARNESS_WATCHDOG_MAX_REQUEUES", 3),
+        events_retention_s=_float("HARNESS_EVENTS_RETENTION", 7 * 86400.0),
     )
     env.update({k: v for k, v in overrides.items() if v is not None})
     s = Settings(**env)  # type: ignore[arg-type]
@@ -87,4 +135,8 @@ def load_settings(**overrides: object) -> Settings:
         raise ValueError("HARNESS_MAX_TRIES: must be at least 1")
     if s.concurrency < 1:
         raise ValueError("concurrency: must be at least 1")
+    if not 0.0 < s.semantic_threshold <= 1.0:
+        raise ValueError(f"HARNESS_SEMANTIC_THRESHOLD: expected a number in (0, 1], got {s.semantic_threshold!r}")
+    if s.notify_max_tries < 1:
+        raise ValueError("HARNESS_NOTIFY_MAX_TRIES: must be at least 1")
     return s

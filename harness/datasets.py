@@ -345,7 +345,7 @@ def _resolve(raw: _Raw, mapping: Mapping[str, str] | None, codes: list[str]) -> 
     if "any" not in roles:
         if free("gold_any"):
             roles["any"] = "gold_any"
-        elif free("label") and _is_safe_unsafe(column("label")):
+        elif free("label"):  # an overall label (xstest: safe/unsafe); a bad value is an error, not ignored
             roles["any"] = "label"
     xstest = roles.get("any") == "label"
     if "content_type" not in roles:

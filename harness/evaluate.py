@@ -51,6 +51,58 @@ def run_metrics(result: RunResult, predictions: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+async def semantic_agreement(result: RunResult, spec: PromptSpec, settings: Settings, *,
+                             threshold: float | None = None, concurrency: int | None = None,
+                             cache: str | None = None) -> dict[str, Any]:
+    """How often a semantic hit's verdict is what the model says for that item itself.
+
+    The hit items are judged again without the semantic cache. Their model answers go to a side
+    cache (`<cache dir>/semantic-agreement`), so measuring is cheap from the second eval on and
+    never puts the near copies in the main exact cache, which would turn later semantic hits
+    into exact ones. `semantic_agreement` is the fraction of hits whose `flagged` and
+    `categories` equal the model's own (None without hits).
+    """
+    hits = [cid for cid in result.items["content_id"]
+            if (v := result.verdicts.get(cid)) is not None and v.semantic_source is not None]
+    n = len(result.items)
+    out: dict[str, Any] = {
+        "semantic_hits": len(hits),
+        "semantic_hit_rate": round(len(hits) / n, 4) if n else None,
+        "semantic_threshold": threshold if threshold is not None else settings.semantic_threshold,
+        "semantic_agreement": None,
+        "semantic_compared": 0,
+        "semantic_disagreements": [],
+    }
+    if not hits:
+        return out
+    from dataclasses import replace
+
+    side = replace(settings, cache_dir=Path(settings.cache_dir) / "semantic-agreement")
+    subset = result.items[result.items["content_id"].isin(hits)]
+    own = await run_inline(subset, spec, settings=side, cache=cache, concurrency=concurrency, progress=False)
+    disagree = []
+    for cid in hits:
+        v, m = result.verdicts[cid], own.verdicts.get(cid)
+        if m is None or m.outcome != "ok" or m.flagged != v.flagged or m.categories != v.categories:
+            disagree.append(cid)
+    out.update(semantic_agreement=round(1 - len(disagree) / len(hits), 4), semantic_compared=len(hits),
+               semantic_disagreements=disagree)
+    return out
+
+
+def semantic_line(label: str, m: dict[str, Any]) -> str:
+    c = m["cache"]
+    line = (f"{label}: semantic cache (threshold {c['semantic_threshold']}): {c['semantic_hits']} hits of "
+            f"{m['n_items']} items ({(c['semantic_hit_rate'] or 0):.1%})")
+    if c["semantic_agreement"] is not None:
+        agree = c["semantic_compared"] - len(c["semantic_disagreements"])
+        line += (f"; agreement with the model's own verdict {agree}/{c['semantic_compared']} "
+                 f"({c['semantic_agreement']:.3f})")
+        if c["semantic_disagreements"]:
+            line += f"; differs for {', '.join(c['semantic_disagreements'][:10])}"
+    return line
+
+
 def write_run(out_dir: Path, result: RunResult, predictions: pd.DataFrame, metrics: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8")
@@ -78,8 +130,13 @@ async def evaluate(
     settings: Settings | None = None,
     progress: bool = True,
     echo: bool = True,
+    semantic_cache: bool = False,
+    semantic_threshold: float | None = None,
 ) -> list[tuple[RunResult, dict[str, Any]]]:
-    """Run every prompt over the dataset, write the report folder, print the table."""
+    """Run every prompt over the dataset, write the report folder, print the table.
+
+    With `semantic_cache`, near-duplicates reuse verdicts (harness/semantic.py) and metrics.json's
+    `cache` gains `semantic_hits` and `semantic_agreement` (see `semantic_agreement`)."""
     settings = settings or load_settings()
     specs = [resolve_prompt(p, model, settings) for p in (prompts or [None])]  # type: ignore[list-item]
     if len({s.label for s in specs}) != len(specs):
@@ -90,6 +147,8 @@ async def evaluate(
     from harness.config import DEFAULT_DATASET
 
     items = load_dataset(dataset if dataset is not None else DEFAULT_DATASET, codes=codes, limit=limit)
+    if items.empty:
+        raise ValueError("nothing to evaluate: the dataset has no rows" + (" (--limit 0)" if limit == 0 else ""))
     out = Path(out_dir) if out_dir else Path("reports") / time.strftime("%Y%m%d-%H%M%S")
     if echo:
         print(f"dataset: {items.attrs.get('source')} ({len(items)} items); endpoint: {settings.endpoint}; "
@@ -98,9 +157,13 @@ async def evaluate(
     runs: list[tuple[RunResult, dict[str, Any], pd.DataFrame]] = []
     for spec in specs:
         result = await run_inline(items, spec, concurrency=concurrency, cache=cache, settings=settings,
-                                  progress=progress)
+                                  progress=progress, semantic_cache=semantic_cache,
+                                  semantic_threshold=semantic_threshold)
         predictions = result.predictions()
         metrics = run_metrics(result, predictions)
+        if semantic_cache:
+            metrics["cache"].update(await semantic_agreement(
+                result, spec, settings, threshold=semantic_threshold, concurrency=concurrency, cache=cache))
         run_dir = out if len(specs) == 1 else out / _slug(spec.label)
         write_run(run_dir, result, predictions, metrics)
         runs.append((result, metrics, predictions))
@@ -127,6 +190,8 @@ async def evaluate(
             print(f"{r.spec.label}: {m['n_items']} items in {m['elapsed_s']:.2f}s "
                   f"({m['items_per_s']} items/s), cache {m['cache']['hits']} hits / "
                   f"{m['cache']['misses']} misses")
+            if "semantic_hits" in m["cache"]:
+                print(semantic_line(r.spec.label, m))
         if comparison is not None:
             print(f"flips between {runs[0][0].spec.label} and {runs[-1][0].spec.label}: {len(comparison)} "
                   f"(see {out / 'flips.csv'})")

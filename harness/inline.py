@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from harness.config import Settings, load_settings
 from harness.datasets import iter_items, load_dataset
 from harness.events import Event, MemoryEventBus
-from harness.results import RunResult, default_run_id
+from harness.results import RunResult, check_run_id, default_run_id
 from harness.schema import Item, PromptSpec, Verdict, bundled_prompt
 from harness.sync import run_blocking
 from harness.tasks import JOB_TIMEOUT_S, moderate_content, shutdown, startup
@@ -67,18 +67,29 @@ async def run_inline(
     events: MemoryEventBus | None = None,
     progress: bool | str = True,
     sample_index: int = 0,
+    semantic_cache: bool = False,
+    semantic_threshold: float | None = None,
+    semantic_index: Any = None,
+    notify: bool = False,
 ) -> RunResult:
-    """Moderate every item of `data` with `prompt`; return when each has a verdict."""
+    """Moderate every item of `data` with `prompt`; return when each has a verdict.
+
+    `semantic_cache=True` lets near-duplicates reuse a verdict (harness/semantic.py); each run
+    gets a fresh in-memory index unless `semantic_index` (a MemorySemanticIndex) is shared.
+    `notify=True` sends the notifications of harness/notify.py (item flagged, run finished),
+    shown in the notebook too."""
     settings = settings or load_settings()
     if cache is not None:
         settings = settings.with_cache_mode(cache)
     spec = resolve_prompt(prompt, model, settings)
     items = resolve_items(data, spec.taxonomy.codes)
-    run_id = run_id or default_run_id(spec, items)
+    run_id = check_run_id(run_id) if run_id else default_run_id(spec, items)
     bus = events or MemoryEventBus(history=0)
     remove = bus.add_listener(on_event) if on_event else None
 
     ctx: dict[str, Any] = {"settings": settings, "events": bus}
+    if semantic_index is not None:
+        ctx["semantic"] = semantic_index
     await startup(ctx)
     store = ctx["store"]
     await store.put_run(run_id, {
@@ -86,6 +97,7 @@ async def run_inline(
         "cache_mode": settings.cache_mode, "sample_index": sample_index,
         "dataset": str(items.attrs.get("source", "DataFrame")), "n_items": len(items),
         "endpoint": settings.endpoint, "created": time.time(),
+        "semantic_cache": bool(semantic_cache), "semantic_threshold": semantic_threshold, "notify": bool(notify),
     })
     await store.put_items(run_id, iter_items(items))
 
@@ -104,6 +116,10 @@ async def run_inline(
 
     try:
         await asyncio.gather(*(pool_worker() for _ in range(n_workers)))
+        if notify:
+            from harness.notify import run_finished
+
+            await run_finished(ctx, run_id)
         verdicts = await store.verdicts(run_id)
         llm = ctx["llm"]
         return RunResult(run_id=run_id, spec=spec, model=spec.model, endpoint=settings.endpoint,

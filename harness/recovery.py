@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import uuid
 from typing import Any
 
@@ -46,14 +47,70 @@ async def after_job_end(ctx: dict[str, Any]) -> None:
         await ctx["redis"].srem(_jobs_key(ctx["worker_id"]), ctx["job_id"])
 
 
+ORPHANS_KEY = "harness:orphans"
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+LOCK_KEY = "harness:reclaim-lock"
+_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
 async def reclaim_abandoned(redis: Redis) -> list[str]:
-    """Release the jobs of workers whose heartbeat expired; returns the released job ids."""
+    """Release the jobs of workers whose heartbeat expired; returns the released job ids.
+
+    One worker at a time does this (a short lock), so two workers never release the same
+    job twice, which could delete the mark of a worker that has just picked it up again.
+    """
+    token = uuid.uuid4().hex
+    if not await redis.set(LOCK_KEY, token, nx=True, px=int(heartbeat_ttl_s() * 1000)):
+        return []
+    try:
+        released = await _release_dead_workers_jobs(redis)
+        released += await _release_orphans(redis)
+        return released
+    finally:
+        await redis.eval(_UNLOCK, 1, LOCK_KEY, token)
+
+
+async def _release_orphans(redis: Redis) -> list[str]:
+    """Release in-progress marks that no live worker has claimed for longer than a heartbeat.
+
+    Arq marks a job in progress a moment before the job starts and our hook records who runs
+    it; a worker killed in between leaves a mark nobody owns. Such a mark, seen unowned on two
+    passes more than a heartbeat apart, is released.
+    """
+    marked = [_text(k)[len(in_progress_key_prefix):]  # moderation jobs only: cron marks are kept on purpose
+              async for k in redis.scan_iter(match=in_progress_key_prefix + "moderate:*", count=1000)]
+    owned: set[str] = set()
+    for wid in [_text(w) for w in await redis.smembers(WORKERS_KEY)]:
+        if await redis.exists(_alive_key(wid)):
+            owned |= {_text(j) for j in await redis.smembers(_jobs_key(wid))}
+    seen = {_text(k): float(v) for k, v in (await redis.hgetall(ORPHANS_KEY)).items()}
+    now = time.time()
+    unowned = [j for j in marked if j not in owned]
+    stale = [j for j in unowned if j in seen and now - seen[j] > heartbeat_ttl_s()]
+    fresh = {j: now for j in unowned if j not in seen}
+    forget = [j for j in seen if j not in unowned or j in stale]
+    if stale:
+        await redis.delete(*(in_progress_key_prefix + j for j in stale))
+        log.warning("released %d job(s) marked in progress by no live worker", len(stale))
+    if fresh:
+        await redis.hset(ORPHANS_KEY, mapping=fresh)
+    if forget:
+        await redis.hdel(ORPHANS_KEY, *forget)
+    return stale
+
+
+async def _release_dead_workers_jobs(redis: Redis) -> list[str]:
     released: list[str] = []
     for raw in await redis.smembers(WORKERS_KEY):
-        wid = raw.decode() if isinstance(raw, bytes) else raw
+        wid = _text(raw)
         if await redis.exists(_alive_key(wid)):
             continue
-        jobs = [j.decode() if isinstance(j, bytes) else j for j in await redis.smembers(_jobs_key(wid))]
+        jobs = [_text(j) for j in await redis.smembers(_jobs_key(wid))]
         if jobs:
             await redis.delete(*(in_progress_key_prefix + j for j in jobs))
             released.extend(jobs)

@@ -8,6 +8,7 @@ job re-run after a worker died can never leave two. Events go to one bounded str
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -41,6 +42,15 @@ RUNS_KEY = f"{PREFIX}:runs"
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+_FINAL_SCRIPT = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[4])
+  return 1
+end
+return 0
+"""
 
 
 class RedisStore:
@@ -94,6 +104,24 @@ class RedisStore:
             await self.redis.expire(verdicts_key(run_id), self.ttl_s)
         return stored
 
+    async def put_final(self, run_id: str, verdict: Verdict, event: Event, events: Any) -> bool:
+        """Store the verdict and append its final event in one atomic step.
+
+        Done apart, a worker dying between the two would leave a verdict that no event
+        announces, and the re-run, finding the verdict, would announce nothing either.
+        """
+        if isinstance(events, RedisEventStream):
+            await events.flush(run_id, verdict.content_id)
+            maxlen = events.maxlen
+        else:
+            maxlen = STREAM_MAXLEN
+        stored = bool(await self.redis.eval(_FINAL_SCRIPT, 2, verdicts_key(run_id), events_key(run_id),
+                                            verdict.content_id, verdict.to_json(), maxlen,
+                                            _dumps(event.to_dict())))
+        if stored and self.ttl_s:
+            await self.redis.expire(verdicts_key(run_id), self.ttl_s)
+        return stored
+
     async def get_verdict(self, run_id: str, content_id: str) -> Verdict | None:
         raw = await self.redis.hget(verdicts_key(run_id), content_id)
         return Verdict.from_json(raw) if raw else None
@@ -122,13 +150,40 @@ class RedisStore:
 
 
 class RedisEventStream:
-    """Events of a run on a Redis Stream, capped at about STREAM_MAXLEN entries."""
+    """Events of a run on a Redis Stream, capped at about STREAM_MAXLEN entries.
 
-    def __init__(self, redis: Redis, maxlen: int = STREAM_MAXLEN):
+    Commentary deltas of one item are merged for up to `merge_s` before they are written, so a
+    replayed cache hit costs one stream entry instead of one per chunk; any other event of the
+    item writes the pending text first, so the stream keeps the order the task emitted.
+    """
+
+    def __init__(self, redis: Redis, maxlen: int = STREAM_MAXLEN, merge_s: float = 0.05):
         self.redis = redis
         self.maxlen = maxlen
+        self.merge_s = merge_s
+        self._pending: dict[tuple[str, str], tuple[float, list[str]]] = {}
 
     async def publish(self, event: Event) -> None:
+        key = (event.run_id, event.content_id)
+        if event.type == "commentary":
+            started, texts = self._pending.setdefault(key, (time.monotonic(), []))
+            texts.append(str(event.data.get("text", "")))
+            if time.monotonic() - started >= self.merge_s:
+                await self._flush(key)
+            return
+        await self._flush(key)
+        await self._add(event)
+
+    async def flush(self, run_id: str, content_id: str) -> None:
+        """Write an item's pending commentary now (before its final event)."""
+        await self._flush((run_id, content_id))
+
+    async def _flush(self, key: tuple[str, str]) -> None:
+        pending = self._pending.pop(key, None)
+        if pending:
+            await self._add(Event("commentary", key[0], key[1], {"text": "".join(pending[1])}))
+
+    async def _add(self, event: Event) -> None:
         await self.redis.xadd(events_key(event.run_id), {"e": _dumps(event.to_dict())},
                               maxlen=self.maxlen, approximate=True)
 

@@ -6,6 +6,7 @@ Inline runs and worker runs both end here, so their predictions have the same co
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,8 @@ import pandas as pd
 from harness.schema import PromptSpec, Verdict
 
 PRED_COLUMNS_TAIL = ("cached", "latency_s", "tries", "truncated", "prompt_tokens", "completion_tokens",
-                     "error", "rationale", "prompt_version", "model", "run_id")
+                     "error", "rationale", "prompt_version", "model", "run_id", "semantic_source",
+                     "semantic_similarity")
 
 
 def dataset_fingerprint(df: pd.DataFrame) -> str:
@@ -25,8 +27,20 @@ def dataset_fingerprint(df: pd.DataFrame) -> str:
     return hashlib.sha256(hashed.tobytes()).hexdigest()[:8]
 
 
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids become part of job ids (`moderate:<run>:<item>`), so they hold no `:` or spaces."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ValueError(f"run id {run_id!r}: use letters, digits, '.', '_', '@' or '-' (at most 128), "
+                         "starting with a letter or digit")
+    return run_id
+
+
 def default_run_id(spec: PromptSpec, df: pd.DataFrame) -> str:
-    return f"{spec.name}-{spec.version}-{dataset_fingerprint(df)}"
+    name = re.sub(r"[^A-Za-z0-9._@-]+", "-", spec.name).strip("-._@") or "prompt"
+    return f"{name[:64]}-{spec.version}-{dataset_fingerprint(df)}"
 
 
 def predictions_frame(items: pd.DataFrame, verdicts: dict[str, Verdict], codes: Sequence[str]) -> pd.DataFrame:
@@ -42,11 +56,12 @@ def predictions_frame(items: pd.DataFrame, verdicts: dict[str, Verdict], codes: 
         row.update(cached=v.cached, latency_s=v.latency_s, tries=v.tries, truncated=v.truncated,
                    prompt_tokens=v.usage.prompt_tokens, completion_tokens=v.usage.completion_tokens,
                    error=v.error, rationale=v.rationale, prompt_version=v.prompt_version, model=v.model,
-                   run_id=v.run_id, commentary=v.commentary, raw=v.raw)
+                   run_id=v.run_id, semantic_source=v.semantic_source,
+                   semantic_similarity=v.semantic_similarity, commentary=v.commentary, raw=v.raw)
         rows.append(row)
-    pred = pd.DataFrame(rows)
-    if pred.empty:
-        pred = pd.DataFrame(columns=["content_id", "outcome", "flagged"])
+    columns = ["content_id", "outcome", "flagged", *(f"pred_{c}" for c in codes), *(f"score_{c}" for c in codes),
+               *PRED_COLUMNS_TAIL, "commentary", "raw"]
+    pred = pd.DataFrame(rows, columns=list(dict.fromkeys(columns + (list(rows[0]) if rows else []))))
     for col in ["flagged", *[f"pred_{c}" for c in codes]]:
         pred[col] = pred[col].astype("boolean")
     for code in codes:
@@ -71,6 +86,11 @@ class RunResult:
     cache_hits: int = 0
     cache_misses: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def semantic_hits(self) -> int:
+        """Items whose verdict was reused from a near-duplicate (semantic cache), not asked of the model."""
+        return sum(1 for v in self.verdicts.values() if v.semantic_source is not None)
 
     @property
     def codes(self) -> list[str]:

@@ -99,6 +99,11 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(sub, template)
 
 
+def _check_number(name: str, value: object, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (low <= value <= high):
+        raise SpecError(f"{name}: expected a number from {low:g} to {high:g}, got {value!r}")
+
+
 def _check_placeholders(field_name: str, template: str) -> None:
     allowed = PLACEHOLDERS[field_name]
     for m in _PLACEHOLDER.finditer(template):
@@ -128,18 +133,24 @@ class PromptSpec:
     name: str = "prompt"
 
     def __post_init__(self) -> None:
+        for name in ("system", "user_template", "model", "name"):
+            if not isinstance(getattr(self, name), str):
+                raise SpecError(f"{name}: expected text, got {getattr(self, name)!r}")
         _check_placeholders("system", self.system)
         _check_placeholders("user_template", self.user_template)
-        if "{text}" not in self.user_template:
+        if not any(m.group(1) == "text" for m in _PLACEHOLDER.finditer(self.user_template)):
             raise SpecError("user_template: must contain the {text} placeholder")
         if self.response_format not in (None, "json_object"):
             raise SpecError(f"response_format: expected none or 'json_object', got {self.response_format!r}")
-        if not (0.0 <= float(self.temperature) <= 2.0):
-            raise SpecError(f"temperature: expected 0..2, got {self.temperature!r}")
-        if int(self.max_tokens) < 1:
-            raise SpecError(f"max_tokens: expected a positive integer, got {self.max_tokens!r}")
-        if int(self.max_text_chars) < 1:
-            raise SpecError(f"max_text_chars: expected a positive integer, got {self.max_text_chars!r}")
+        _check_number("temperature", self.temperature, 0.0, 2.0)
+        if self.top_p is not None:
+            _check_number("top_p", self.top_p, 0.0, 1.0)
+        for name in ("max_tokens", "max_text_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecError(f"{name}: expected a positive whole number, got {value!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise SpecError(f"seed: expected a whole number, got {self.seed!r}")
 
     # ---- identity -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -212,6 +223,10 @@ class PromptSpec:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise SpecError(f"prompt file not found: {path}") from exc
+        except IsADirectoryError as exc:
+            raise SpecError(f"{path}: is a folder, not a prompt file") from exc
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise SpecError(f"{path}: not valid TOML ({exc})") from exc
         try:
@@ -288,6 +303,8 @@ class Verdict:
     run_id: str = ""
     prompt_version: str = ""
     model: str = ""
+    semantic_source: str | None = None  # a semantic-cache hit: the content_id whose verdict was reused
+    semantic_similarity: float | None = None  # and the cosine similarity to it
 
     def to_dict(self) -> dict[str, Any]:
         # written out by hand: dataclasses.asdict deep-copies and dominates large runs
@@ -299,6 +316,7 @@ class Verdict:
                       "total_tokens": self.usage.total_tokens},
             "latency_s": self.latency_s, "cached": self.cached, "tries": self.tries, "truncated": self.truncated,
             "run_id": self.run_id, "prompt_version": self.prompt_version, "model": self.model,
+            "semantic_source": self.semantic_source, "semantic_similarity": self.semantic_similarity,
         }
 
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from harness.events import Event, EventSink
 from harness.schema import Item, Verdict
 
 
@@ -18,6 +19,7 @@ class Store(Protocol):
     async def put_items(self, run_id: str, items: Iterable[Item]) -> int: ...
     async def get_item(self, run_id: str, content_id: str) -> Item | None: ...
     async def put_verdict(self, run_id: str, verdict: Verdict) -> bool: ...
+    async def put_final(self, run_id: str, verdict: Verdict, event: Event, events: EventSink) -> bool: ...
     async def get_verdict(self, run_id: str, content_id: str) -> Verdict | None: ...
     async def verdicts(self, run_id: str) -> dict[str, Verdict]: ...
 
@@ -54,6 +56,13 @@ class MemoryStore:
             return False
         bucket[verdict.content_id] = verdict
         return True
+
+    async def put_final(self, run_id: str, verdict: Verdict, event: Event, events: EventSink) -> bool:
+        """Store the verdict and, if it is the one that stands, publish its final event."""
+        stored = await self.put_verdict(run_id, verdict)
+        if stored:
+            await events.publish(event)
+        return stored
 
     async def get_verdict(self, run_id: str, content_id: str) -> Verdict | None:
         return self._verdicts.get(run_id, {}).get(content_id)

@@ -14,12 +14,17 @@ import signal
 import sys
 from typing import Any
 
+from arq import func
 from arq.connections import RedisSettings
 from arq.constants import default_queue_name
 from arq.worker import create_worker
 
 from harness.config import load_settings
+from harness.cron import cache_maintenance, run_summary, watchdog
+from harness.cron import cron_jobs as build_cron_jobs
+from harness.notify import send_notification
 from harness.recovery import after_job_end, on_job_start
+from harness.semantic import update_semantic_cache
 from harness.tasks import JOB_TIMEOUT_S, KEEP_RESULT_S, moderate_content, shutdown, startup
 
 log = logging.getLogger("harness.worker")
@@ -49,7 +54,12 @@ def _settings_redis() -> RedisSettings:
 
 
 class WorkerSettings:
-    functions = [moderate_content]
+    # moderation, the follow-up jobs it enqueues, and the periodic jobs (also runnable on demand:
+    # `enqueue_job("watchdog")`); cron_jobs schedule those from HARNESS_CRON_* (see harness/cron.py)
+    functions = [moderate_content, update_semantic_cache,
+                 func(send_notification, max_tries=load_settings().notify_max_tries),
+                 cache_maintenance, watchdog, run_summary]
+    cron_jobs = build_cron_jobs(load_settings())
     on_startup = startup
     on_shutdown = shutdown
     on_job_start = on_job_start
@@ -78,6 +88,13 @@ async def run_worker(*, redis_url: str | None = None, burst: bool = False, max_j
 
     url = resolve_redis_url(redis_url)
     redis_settings = parse_redis_url(url)
+    from harness.batch import connect
+
+    try:  # a wrong URL or password is a mistake to report, not an outage to wait out
+        await (await connect(url)).aclose()
+    except ConnectionError as exc:
+        print(f"harness worker: {exc}", file=sys.stderr, flush=True)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -128,10 +145,14 @@ def _is_connection_error(exc: BaseException) -> bool:
 
     kinds = (ConnectionError, OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
              redis.exceptions.BusyLoadingError)
+    fatal = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
+             redis.exceptions.ResponseError)
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if isinstance(current, fatal):  # a changed password will not come back by waiting
+            return False
         if isinstance(current, kinds):
             return True
         if isinstance(current, redis.exceptions.WatchError) and "ConnectionError" in str(current):
@@ -148,6 +169,9 @@ async def _close(worker: Any) -> None:
     """
     try:
         await asyncio.wait_for(worker.close(), 10)
-    except Exception as exc:  # noqa: BLE001 - closing over a dead connection may fail; nothing to keep
-        log.debug("closing the worker: %s", exc)
+    except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - a dead connection fails the close
+        current = asyncio.current_task()
+        if isinstance(exc, asyncio.CancelledError) and current is not None and current.cancelling():
+            raise  # we are being stopped ourselves; a job's own cancellation is not ours to pass on
+        log.debug("closing the worker: %r", exc)
     await shutdown(worker.ctx)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -248,8 +247,10 @@ def test_xstest_style_type_and_label() -> None:
                                     "label": ["safe", "unsafe"]}))
     assert df["content_type"].tolist() == ["text", "text"]
     assert gold(df, "any") == [0, 1]
-    other = load_dataset(pd.DataFrame({"prompt": ["p"], "label": ["spam"]}))
-    assert gold(other, "any") == [None]  # not an xstest label column: ignored
+    with pytest.raises(DatasetError, match=r"index 0: column 'label' \(gold_any\): invalid label 'spam'"):
+        load_dataset(pd.DataFrame({"prompt": ["p"], "label": ["spam"]}))  # never silently dropped
+    numeric = load_dataset(pd.DataFrame({"prompt": ["p", "q"], "label": [1, 0]}))
+    assert gold(numeric, "any") == [1, 0]
 
 
 def test_missing_text_column_explains_how_to_map() -> None:
@@ -440,9 +441,6 @@ def test_hundred_thousand_rows_load_quickly(tmp_path: Path) -> None:
             row = {"id": i, "prompt": f"text number {i}"}
             row.update({c: int(labels[i, j]) for j, c in enumerate(CODES) if (i + j) % 5})
             fh.write(json.dumps(row) + "\n")
-    start = time.perf_counter()
-    df = load_dataset(path)
-    elapsed = time.perf_counter() - start
+    df = load_dataset(path)  # its speed is measured by `make bench`, not asserted here
     assert len(df) == n
-    assert elapsed < 20, f"{elapsed:.1f}s"  # about 1s on a laptop; generous for busy CI
     assert int(df["gold_S"].isna().sum()) == n // 5  # the key is left out when i % 5 == 0

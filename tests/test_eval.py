@@ -153,4 +153,44 @@ def test_real_openai_moderation_dataset(tmp_path):
     harness("eval", "--dataset", str(REAL_MODERATION), "--out", str(tmp_path / "again"), "--no-progress")
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["cache"] == {"hits": 1680, "misses": 0}
-    assert again["elapsed_s"] < metrics["elapsed_s"]  # cached: no model call at all
+    assert again["categories"] == metrics["categories"]
+
+
+def test_limit_zero_and_concurrency_zero_are_clear_errors(tmp_path):
+    proc = harness("eval", "--limit", "0", "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2 and "no rows" in proc.stderr and "Traceback" not in proc.stderr
+    proc = harness("eval", "--concurrency", "0", "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2 and "at least 1" in proc.stderr
+
+
+def test_an_unusable_cache_folder_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = harness("eval", "--out", str(tmp_path / "o"), check=False, env={"HARNESS_CACHE_DIR": str(blocker)})
+    assert proc.returncode == 2 and "HARNESS_CACHE_DIR" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_run_where_every_item_fails_exits_non_zero_without_leaking_the_key(tmp_path, llm_server):
+    url = llm_server("--api-key", "the-right-one")
+    secret = "sk-WRONG-0123456789abcdef"
+    proc = harness("eval", "--out", str(tmp_path / "o"), "--limit", "5", "--no-progress", check=False,
+                   env={"OPENAI_BASE_URL": url, "OPENAI_API_KEY": secret})
+    assert proc.returncode == 1 and "every item" in proc.stderr and "401" in proc.stderr
+    for path in (tmp_path / "o").rglob("*"):
+        assert secret not in path.read_text(errors="replace"), path
+    assert secret not in proc.stdout + proc.stderr
+
+
+def test_credentials_in_the_endpoint_url_stay_out_of_reports(tmp_path, llm_server):
+    url = llm_server().replace("http://", "http://user:URLSECRET@")
+    proc = harness("eval", "--out", str(tmp_path / "o"), "--limit", "3", "--no-progress", env={"OPENAI_BASE_URL": url})
+    assert "URLSECRET" not in proc.stdout + proc.stderr
+    for path in (tmp_path / "o").rglob("*"):
+        assert "URLSECRET" not in path.read_text(errors="replace"), path
+
+
+def test_a_bad_overall_label_is_an_error_not_silently_ignored(tmp_path):
+    data = tmp_path / "x.csv"
+    data.write_text("id,prompt,label\n1,hello,safe\n2,how to kill a process,sfe\n")
+    proc = harness("eval", "--dataset", str(data), "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2 and "line 3" in proc.stderr and "sfe" in proc.stderr

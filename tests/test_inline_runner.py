@@ -68,8 +68,9 @@ async def test_fatal_error_is_not_retried(llm_server):
     for v in result.verdicts.values():
         assert v.outcome == "error" and v.tries == 1
         assert "not retried" in v.error and "401" in v.error
-        assert "wrong-key" not in v.error
+        assert "wrong-key" not in v.error and "***" in v.error  # the server echoed it; we masked it
     assert not [e for e in events if e.data.get("state") == "retrying"]
+    assert not [e for e in events if "wrong-key" in str(e.to_dict())]
     assert len([e for e in events if e.type == "error"]) == len(ITEMS)
 
 
@@ -146,3 +147,26 @@ async def test_concurrency_is_bounded(llm_server):
     result = await run_inline(many, settings=settings(url), concurrency=3, on_event=track, progress=False)
     assert len(result.verdicts) == 12
     assert peak == 3
+
+
+async def test_an_unparsable_answer_is_not_replayed_from_the_cache(llm_server, tmp_path):
+    url = llm_server("--fail-first", "1", "--fail-kind", "malformed")  # garbage once per request, then sense
+    first = await run(url, cache_mode="use", cache_dir=tmp_path / "c")
+    assert {v.outcome for v in first.verdicts.values()} == {"unparsable"}
+    second = await run(url, cache_mode="use", cache_dir=tmp_path / "c")
+    assert {v.outcome for v in second.verdicts.values()} == {"ok"}
+    assert second.cache_hits == 0
+    third = await run(url, cache_mode="use", cache_dir=tmp_path / "c")
+    assert third.cache_hits == len(ITEMS)  # good answers are cached as usual
+
+
+async def test_an_unusable_cache_folder_stops_the_run_before_any_item(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="HARNESS_CACHE_DIR .*a-file"):
+        await run_inline(ITEMS, settings=settings(cache_mode="use", cache_dir=blocker), progress=False)
+
+
+def test_a_run_id_with_a_colon_is_refused():
+    with pytest.raises(ValueError, match="run id 'a:b'"):
+        run_inline_sync(ITEMS, settings=settings(), run_id="a:b", progress=False)

@@ -136,10 +136,8 @@ async def test_inprocess_cut_and_timeout_raise():
                 seen += 1
         assert seen >= 1  # the break happens during iteration, after some chunks
     async with offline_client(FaultConfig(rate_timeout=1.0, hang_s=30), timeout=0.5) as client:
-        start = time.perf_counter()
-        with pytest.raises(openai.APITimeoutError):
+        with pytest.raises(openai.APITimeoutError):  # without the timeout the call would succeed after 30 s
             await client.chat.completions.create(model="m", messages=MESSAGES)
-        assert time.perf_counter() - start < 3
 
 
 # ---- a real server in a subprocess -----------------------------------------------------------
@@ -251,10 +249,8 @@ async def test_server_malformed_answer_has_no_json(llm_server):
 async def test_server_hang_hits_client_timeout(llm_server):
     url = llm_server("--rate-timeout", "1", "--hang-s", "30")
     async with remote(url, timeout=0.5) as client:
-        start = time.perf_counter()
-        with pytest.raises(openai.APITimeoutError):
+        with pytest.raises(openai.APITimeoutError):  # without the timeout the call would succeed after 30 s
             await client.chat.completions.create(model="m", messages=MESSAGES)
-    assert time.perf_counter() - start < 3
 
 
 def test_serve_llm_cli_registers_all_flags():

@@ -80,3 +80,48 @@ def test_verdict_to_dict_covers_every_field():
     assert set(v.to_dict()) == {f.name for f in fields(Verdict)}
     item = Item("1", "t", "post", {"S": 1, "H": None})
     assert item.to_dict() == asdict(item)
+
+
+def test_escaped_text_placeholder_does_not_count_as_text():
+    with pytest.raises(SpecError, match="must contain the {text} placeholder"):
+        PromptSpec(system="s", user_template="literal {{text}} only")
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("temperature", "hot"), ("temperature", "1.0"), ("temperature", True), ("max_tokens", 1.5),
+    ("max_tokens", "many"), ("max_text_chars", 5.5), ("top_p", 7), ("top_p", "x"), ("seed", 1.5), ("model", 5),
+])
+def test_sampling_values_are_type_checked_naming_the_field(tmp_path, field, value):
+    spec = bundled_prompt()
+    with pytest.raises(SpecError, match=field):
+        replace(spec, **{field: value})
+    path = tmp_path / "p.toml"
+    section = "" if field == "model" else "[sampling]\n"
+    path.write_text('system = "s"\nuser_template = "{text}"\n' + section + f"{field} = {value!r}\n".replace("'", '"')
+                    .replace("True", "true"))
+    with pytest.raises(SpecError, match=f"p.toml: {field}"):
+        PromptSpec.load(path)
+
+
+def test_a_prompt_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin.toml"
+    path.write_bytes('system = "caf\xe9"\nuser_template = "{text}"\n'.encode("latin-1"))
+    with pytest.raises(SpecError, match="latin.toml: not UTF-8"):
+        PromptSpec.load(path)
+
+
+def test_endpoint_never_carries_credentials():
+    from harness.config import load_settings
+
+    s = load_settings(base_url="http://user:URLSECRET@127.0.0.1:8000/v1")
+    assert s.endpoint == "http://127.0.0.1:8000/v1"
+
+
+def test_default_run_id_is_a_valid_run_id_for_any_prompt_name():
+    import pandas as pd
+
+    from harness.results import check_run_id, default_run_id
+
+    spec = replace(bundled_prompt(), name="my prompt: v2 (draft)")
+    df = pd.DataFrame({"content_id": ["a"], "content_type": ["text"], "text": ["x"]})
+    assert check_run_id(default_run_id(spec, df)).startswith("my-prompt-v2-draft-")

@@ -111,7 +111,9 @@ async def test_sigkill_a_worker_mid_run_and_every_item_ends_with_one_verdict(red
     await wait_done(handle, timeout=120)
     verdicts = await handle.store.verdicts("killed")
     collected = await handle.collect()
+    finals = [e.content_id async for e in handle.events(from_start=True) if e.type in ("result", "error")]
     await handle.close()
+    assert sorted(finals) == sorted(verdicts)  # each verdict announced exactly once, kill or not
     assert len(verdicts) == 300 and len(collected) == 300
     assert collected["content_id"].is_unique
     assert (collected["outcome"] == "ok").all()
@@ -307,10 +309,10 @@ def test_the_cli_flow_enqueue_worker_status_tail_collect(redis_proc, tmp_path):
     assert enq.returncode == 0, enq.stderr
     assert "90 jobs enqueued" in enq.stdout
     pending = cli("status", "cli-run")
-    assert pending.returncode == 3 and "90 pending" in pending.stdout
+    assert pending.returncode == 3 and "0 with a verdict, 0 failed jobs, 90 pending; outcomes: none yet" in pending.stdout
     assert cli("worker", "--burst").returncode == 0
     status = cli("status", "cli-run")
-    assert status.returncode == 0 and "90 with a verdict, 0 pending" in status.stdout
+    assert status.returncode == 0 and "90 with a verdict, 0 failed jobs, 0 pending; outcomes: ok 90" in status.stdout
     tail = cli("tail", "cli-run")
     assert tail.returncode == 0 and tail.stdout.count("result: outcome=ok") == 90
     assert "Commentary:" in tail.stdout
@@ -320,3 +322,40 @@ def test_the_cli_flow_enqueue_worker_status_tail_collect(redis_proc, tmp_path):
     assert len(pd.read_csv(out)) == 90
     missing = cli("status", "no-such-run")
     assert missing.returncode == 2 and "no run 'no-such-run'" in missing.stderr
+
+
+async def test_a_verdict_and_its_final_event_are_written_together(redis_proc):
+    from harness.events import Event
+    from harness.redis_store import RedisEventStream, RedisStore
+    from harness.schema import Verdict
+
+    r = redis_sync.Redis(port=redis_proc.port)
+    handle = await enqueue_dataframe_async(mini(1), redis_url=redis_proc.url, run_id="atomic", progress=False)
+    store, stream = RedisStore(handle.redis), RedisEventStream(handle.redis)
+    await stream.publish(Event("commentary", "atomic", "x", {"text": "thinking "}))
+    first = Verdict("x", "ok", flagged=False)
+    second = Verdict("x", "error", error="a late duplicate")
+    assert await store.put_final("atomic", first, Event("result", "atomic", "x", {"v": 1}), stream)
+    assert not await store.put_final("atomic", second, Event("error", "atomic", "x", {"v": 2}), stream)
+    kinds = [json.loads(f[b"e"])["type"] for _, f in r.xrange("harness:events:atomic")]
+    await handle.close()
+    assert kinds == ["commentary", "result"]  # pending commentary first, one final event
+    assert (await store.get_verdict("atomic", "x")).outcome == "ok"
+
+
+def test_a_worker_with_a_wrong_password_stops_with_a_clear_message(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import RedisProcess
+
+    server = RedisProcess(tmp_path / "auth")
+    server.start("--requirepass", "right-pw")
+    try:
+        env = {**os.environ, "REDIS_URL": f"redis://:wrong-pw@127.0.0.1:{server.port}/0"}
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", "worker", "--burst"], capture_output=True,
+                              text=True, env=env, cwd=ROOT, timeout=60)
+    finally:
+        server.stop()
+    assert proc.returncode == 2
+    assert "cannot use Redis" in proc.stderr and "wrong-pw" not in proc.stderr

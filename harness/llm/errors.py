@@ -7,6 +7,7 @@ permission, bad request, unknown model. `retry_after` carries the server's Retry
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 
 import httpx
@@ -80,6 +81,23 @@ def classify(exc: BaseException) -> LLMError:
     if isinstance(exc, openai.APIResponseValidationError):
         return TransientLLMError(f"invalid response from the endpoint: {_short(str(exc))}")
     return FatalLLMError(f"{type(exc).__name__}: {_short(str(exc))}")
+
+
+_KEYLIKE = re.compile(r"(sk-[A-Za-z0-9_\-*]{4}|Bearer\s+)[A-Za-z0-9_\-.*]{4,}")
+
+
+def redact(text: str, secrets: tuple[str | None, ...] = ()) -> str:
+    """Text with any configured secret, and anything shaped like an API key, masked."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _KEYLIKE.sub(lambda m: m.group(1) + "***", text)
+
+
+def redacted(error: LLMError, secrets: tuple[str | None, ...]) -> LLMError:
+    """The same error with its message redacted (endpoints may echo the key back)."""
+    clean = type(error)(redact(str(error), secrets), status=error.status, retry_after=error.retry_after)
+    return clean
 
 
 def _short(text: str, limit: int = 300) -> str:

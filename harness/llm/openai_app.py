@@ -201,7 +201,9 @@ class OfflineOpenAIApp:
             return
         if not self._authorised(scope):
             self.stats["faults"]["401"] += 1
-            await _send_json(send, 401, _error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"))
+            # echoes the key it was given, as careless proxies do: clients must not pass it on
+            await _send_json(send, 401, _error_body(f"Incorrect API key provided: {self._bearer(scope)}",
+                                                    "invalid_request_error", "invalid_api_key"))
             return
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:
@@ -244,6 +246,13 @@ class OfflineOpenAIApp:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks) if size <= MAX_BODY_BYTES else None
+
+    @staticmethod
+    def _bearer(scope: Scope) -> str:
+        for name, value in scope.get("headers", []):
+            if name.lower() == b"authorization":
+                return value.decode("utf-8", "replace").removeprefix("Bearer ")
+        return ""
 
     def _authorised(self, scope: Scope) -> bool:
         if self.faults.api_key is None:

@@ -15,7 +15,7 @@ import openai
 
 from harness.config import Settings
 from harness.llm.cache import CachedAnswer, ResponseCache, cache_key, cache_key_fields
-from harness.llm.errors import TransientLLMError, classify
+from harness.llm.errors import TransientLLMError, classify, redacted
 from harness.schema import PromptSpec, Usage
 
 DeltaCallback = Callable[[str], Awaitable[None]]
@@ -29,6 +29,7 @@ class Completion:
     usage: Usage = field(default_factory=Usage)
     cached: bool = False
     latency_s: float = 0.0
+    cache_key: str | None = None
 
 
 def build_client(settings: Settings) -> openai.AsyncOpenAI:
@@ -65,8 +66,22 @@ class LLMService:
     @property
     def cache(self) -> ResponseCache:
         if self._cache is None:
-            self._cache = ResponseCache(self.settings.cache_dir)
+            try:
+                self._cache = ResponseCache(self.settings.cache_dir)
+            except Exception as exc:  # noqa: BLE001 - OSError, sqlite errors: all mean an unusable folder
+                raise ValueError(f"HARNESS_CACHE_DIR {self.settings.cache_dir}: cannot hold the response cache "
+                                 f"({type(exc).__name__}: {exc})") from exc
         return self._cache
+
+    def check_cache(self) -> None:
+        """Open the cache now, so an unusable folder stops a run before any item, not on each."""
+        if self.settings.cache_mode != "off":
+            _ = self.cache
+
+    async def forget(self, key: str | None) -> None:
+        """Drop an answer from the cache (one the task could not parse is not worth replaying)."""
+        if key is not None and self.settings.cache_mode != "off":
+            await asyncio.to_thread(self.cache.delete, key)
 
     async def complete(
         self,
@@ -95,20 +110,21 @@ class LLMService:
                         for chunk in hit.chunks:
                             await on_delta(chunk)
                     return Completion(hit.text, hit.finish_reason, hit.refusal, hit.usage, cached=True,
-                                      latency_s=time.perf_counter() - start)
+                                      latency_s=time.perf_counter() - start, cache_key=key)
         self.misses += 1
         start = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.llm_timeout_s):
                 answer = await self._stream(model, messages, params, on_delta)
         except Exception as exc:  # noqa: BLE001 - classed below, nothing swallowed
-            raise classify(exc) from exc
+            # `from None`: the original may quote the API key, and tracebacks end up in logs
+            raise redacted(classify(exc), (self.settings.api_key,)) from None
         latency = time.perf_counter() - start
         if key is not None:
             answer.key_fields = fields
             await asyncio.to_thread(self.cache.set, key, answer)
         return Completion(answer.text, answer.finish_reason, answer.refusal, answer.usage,
-                          cached=False, latency_s=latency)
+                          cached=False, latency_s=latency, cache_key=key)
 
     async def _stream(self, model: str, messages: list[dict[str, str]], params: dict,
                       on_delta: DeltaCallback | None) -> CachedAnswer:
