@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -226,9 +225,6 @@ def _read_csv(path: Path, gz: bool, limit: int | None) -> _Raw:
 
 def _read_parquet(path: Path, limit: int | None) -> _Raw:
     src = str(path)
-    if importlib.util.find_spec("pyarrow") is None:
-        raise DatasetError(f"{src}: reading .parquet needs pyarrow (pip install pyarrow); "
-                           "or save the data as .csv or .jsonl")
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file

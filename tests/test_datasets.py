@@ -6,7 +6,6 @@ Real files are written to tmp_path and read back; nothing is mocked.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from pathlib import Path
 
@@ -22,7 +21,6 @@ CODES = DEFAULT_TAXONOMY.codes
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 OAI = SHARED / "openai-moderation" / "samples-1680.jsonl.gz"
 XSTEST = SHARED / "xstest" / "xstest_prompts.csv"
-HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 EXPECTED_COLUMNS = ["content_id", "content_type", "text", *[f"gold_{c}" for c in CODES], "gold_any"]
 
 
@@ -104,19 +102,10 @@ def test_canonical_frame_loads_again_unchanged() -> None:
     pd.testing.assert_frame_equal(df, again)
 
 
-@pytest.mark.skipif(not HAS_PYARROW, reason="pyarrow is not installed")
 def test_parquet(tmp_path: Path) -> None:
     path = tmp_path / "d.parquet"
     pd.DataFrame(ROWS).to_parquet(path)
     check_two_rows(load_dataset(path))
-
-
-@pytest.mark.skipif(HAS_PYARROW, reason="pyarrow is installed; the missing-pyarrow error cannot occur")
-def test_parquet_without_pyarrow_says_so(tmp_path: Path) -> None:
-    path = tmp_path / "d.parquet"
-    path.write_bytes(b"PAR1")
-    with pytest.raises(DatasetError, match="pyarrow"):
-        load_dataset(path)
 
 
 # ---- unknown labels and gold_any ---------------------------------------------------------------
