@@ -43,6 +43,16 @@ notebooks: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+## Benchmarks: each figure a ratio to a baseline measured in the same run (a few minutes); ARGS=--quick for a smoke run
+.PHONY: bench
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,notebook,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/bench.py $(ARGS)
+
 ## Reliability drills: injected model faults, SIGKILLed workers, a Redis restart, hostile input (local only, a few minutes)
 .PHONY: drills
 drills: $(STAMP)

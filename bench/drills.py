@@ -367,7 +367,8 @@ async def drill_worker_sigkill(ws: Path, out: Outcome) -> None:
     out.items = n
     server = RedisServer(ws / "redis")
     await asyncio.to_thread(server.start)
-    llm = LLMServer(ws, "--latency-ms", "50")
+    # slow enough (300 ms a call, 8 jobs a worker: about 50 items/s) that three kills fit in the run
+    llm = LLMServer(ws, "--latency-ms", "300")
     run_id = "drill-sigkill"
     df = synthetic(n, "k")
     settings = load_settings(base_url=llm.url, cache_mode="off", cache_dir=ws / "cache")
@@ -441,7 +442,7 @@ async def drill_worker_sigkill(ws: Path, out: Outcome) -> None:
 
 
 WORKERS_KEY = "harness:workers"
-MAX_JOBS = 50
+MAX_JOBS = 8
 VICTIM_AGE_S = 1.5
 
 
