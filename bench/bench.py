@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from harness.config import load_settings  # noqa: E402
 from harness.datasets import load_dataset  # noqa: E402
 from harness.inline import run_inline  # noqa: E402
+from harness.localproc import free_port, wait_for_port  # noqa: E402
 from harness.schema import Item, bundled_prompt  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "datasets" / "openai-moderation" / "samples-1680.jsonl.gz"
@@ -40,25 +40,6 @@ TEXTS = ["I will hurt you if you come back here", "lovely weather for a walk tod
          "those people are vermin and should leave", "thinking about ending it all tonight", "great match last night",
          "send me pics, you are only 14 right", "the crash left blood everywhere", "nobody likes you, loser",
          "recipe: two eggs and a cup of flour"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listened on {port}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -77,7 +58,7 @@ def llm_server(*flags: str) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "harness.llm.server", "--port", str(port), *flags],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
-        wait_port(port, proc)
+        wait_for_port(port, proc)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         stop(proc)
@@ -91,7 +72,7 @@ def redis_server(directory: Path) -> Iterator[str]:
                              "--dir", str(directory), "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port, proc)
+        wait_for_port(port, proc)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop(proc)

@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,8 @@ from harness.config import load_settings  # noqa: E402
 from harness.datasets import load_dataset  # noqa: E402
 from harness.events import Event  # noqa: E402
 from harness.inline import run_inline  # noqa: E402
+from harness.localproc import free_port as local_free_port  # noqa: E402
+from harness.localproc import wait_for_port  # noqa: E402
 from harness.redis_server import redis_binary  # noqa: E402
 from harness.redis_store import events_key  # noqa: E402
 from harness.schema import bundled_prompt  # noqa: E402
@@ -68,12 +69,9 @@ class DrillFailure(Exception):
 # ---- processes --------------------------------------------------------------------------------
 
 def free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in FORBIDDEN_PORTS:
-            return port
+    while (port := local_free_port()) in FORBIDDEN_PORTS:
+        pass
+    return port
 
 
 class Procs:
@@ -112,16 +110,10 @@ PROCS = Procs()
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DrillFailure(f"process {proc.args[:3]} exited early with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise DrillFailure(f"nothing listened on 127.0.0.1:{port} within {timeout:.0f}s")
+    try:
+        wait_for_port(port, proc, timeout)
+    except RuntimeError as exc:
+        raise DrillFailure(str(exc)) from exc
 
 
 class RedisServer:

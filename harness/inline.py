@@ -22,7 +22,7 @@ from harness.config import Settings, load_settings
 from harness.datasets import iter_items, load_dataset
 from harness.events import Event, MemoryEventBus
 from harness.results import RunResult, check_run_id, default_run_id
-from harness.schema import Item, PromptSpec, Verdict, bundled_prompt
+from harness.schema import Item, PromptSpec, Verdict, load_prompt
 from harness.sync import run_blocking
 from harness.tasks import JOB_TIMEOUT_S, moderate_content, shutdown, startup
 
@@ -31,12 +31,7 @@ EventListener = Callable[[Event], None]
 
 def resolve_prompt(prompt: PromptSpec | str | Path | None, model: str | None, settings: Settings) -> PromptSpec:
     """A prompt spec with its model filled in, so the version covers the model too."""
-    if prompt is None:
-        spec = bundled_prompt()
-    elif isinstance(prompt, PromptSpec):
-        spec = prompt
-    else:
-        spec = PromptSpec.load(prompt)
+    spec = load_prompt(prompt)
     return spec.with_model(model or spec.model or settings.model)
 
 

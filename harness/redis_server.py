@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from harness.config import PROJECT_ROOT, load_settings
+from harness.localproc import free_port
 
 EMBEDDED_DIR = PROJECT_ROOT / ".harness" / "redis"
 
@@ -47,17 +48,11 @@ def _alive(port: int) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_redis_server(directory: Path, port: int | None = None, *, daemonize: bool = True,
                        appendonly: bool = True) -> tuple[int, subprocess.Popen | None]:
     """Start a real redis-server keeping data in `directory`; waits until it answers PING."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
+    port = port or free_port()
     args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
             "--appendonly", "yes" if appendonly else "no", "--save", "", "--protected-mode", "yes",
             "--logfile", str(directory / "redis.log"), "--pidfile", str(directory / "redis.pid")]

@@ -257,6 +257,15 @@ def bundled_prompt(name: str = "baseline") -> PromptSpec:
     return PromptSpec.load(BUNDLED_PROMPTS / f"{name}.toml")
 
 
+def load_prompt(prompt: PromptSpec | str | Path | None) -> PromptSpec:
+    """A spec as given, read from a file, or the bundled baseline when None."""
+    if prompt is None:
+        return bundled_prompt()
+    if isinstance(prompt, PromptSpec):
+        return prompt
+    return PromptSpec.load(prompt)
+
+
 @dataclass
 class Item:
     """One piece of content. `labels` maps a category code to 1, 0 or None (unknown)."""

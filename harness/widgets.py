@@ -38,7 +38,7 @@ from harness.inline import resolve_items, run_inline
 from harness.metrics import compare_runs, compute_metrics
 from harness.report import misclassified
 from harness.results import RunResult, dataset_fingerprint
-from harness.schema import PromptSpec, SpecError, Verdict, bundled_prompt
+from harness.schema import PromptSpec, SpecError, Verdict, load_prompt
 
 __all__ = ["LabRun", "PromptLab"]
 
@@ -111,12 +111,7 @@ class PromptLab:
     ) -> None:
         if where not in WHERE:
             raise ValueError(f"where: expected one of {WHERE}, got {where!r}")
-        if prompt is None:
-            spec = bundled_prompt()
-        elif isinstance(prompt, PromptSpec):
-            spec = prompt
-        else:
-            spec = PromptSpec.load(prompt)
+        spec = load_prompt(prompt)
         self.settings = settings or load_settings()
         self.base_spec = spec
         self.data = resolve_items(data, spec.taxonomy.codes).reset_index(drop=True)

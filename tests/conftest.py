@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,28 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.localproc import free_port, wait_for_port
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 REAL_MODERATION = SHARED_DATASETS / "openai-moderation" / "samples-1680.jsonl.gz"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited early with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listened on port {port} within {timeout}s")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -63,6 +45,8 @@ def llm_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
     yield start
     for proc in procs:
         stop(proc)
+    for log in tmp_path.glob("llm-*.log"):  # injected faults are expected; tracebacks for them are not
+        assert "Traceback" not in log.read_text(errors="replace"), log
 
 
 @pytest.fixture

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import math
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -141,54 +137,6 @@ async def test_inprocess_cut_and_timeout_raise():
 
 
 # ---- a real server in a subprocess -----------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, deadline_s: float = 15.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"server did not listen on port {port}")
-
-
-@pytest.fixture
-def llm_server() -> Iterator[Callable[..., str]]:
-    """Start `python -m harness.llm.server` with fault flags; returns its /v1 base URL."""
-    procs: list[subprocess.Popen] = []
-
-    def start(*flags: str) -> str:
-        port = _free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.llm.server", "--port", str(port), *flags],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        procs.append(proc)
-        _wait_for_port(port, proc)
-        return f"http://127.0.0.1:{port}/v1"
-
-    yield start
-    logs = []
-    for proc in procs:
-        proc.terminate()  # SIGTERM to this pid only
-        try:
-            _, err = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        logs.append(err.decode("utf-8", "replace"))
-    # injected faults are expected: the server must not log tracebacks for them
-    assert not any("Traceback" in log for log in logs), logs
-
-
 def remote(base_url: str, timeout: float = 10.0) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=base_url, api_key="k", timeout=timeout, max_retries=0)
 
