@@ -272,7 +272,7 @@ items = synthetic(n, distinct=1000)
 r = asyncio.run(run_inline(items, settings=load_settings(cache_dir=sys.argv[2], cache_mode="use"),
                            progress=False, concurrency=32))
 assert len(r.verdicts) == n
-pred = r.predictions()
+
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, r.elapsed_s)
 """
 

@@ -28,15 +28,15 @@ from arq.constants import (
 from arq.jobs import serialize_job
 from tqdm.auto import tqdm
 
-from harness.config import Settings, load_settings
+from harness.config import Settings, check_threshold, load_settings
 from harness.datasets import iter_items, load_dataset
 from harness.events import Event
 from harness.inline import resolve_prompt
 from harness.redis_store import RedisEventStream, RedisStore
 from harness.results import check_run_id, default_run_id, predictions_frame
 from harness.schema import PromptSpec, Verdict
+from harness.serialize import json_deserializer, json_serializer
 from harness.sync import run_blocking
-from harness.worker import json_deserializer, json_serializer
 
 TASK_NAME = "moderate_content"
 
@@ -242,6 +242,8 @@ async def enqueue_dataframe_async(
     settings = settings or load_settings()
     if cache is not None:
         settings = settings.with_cache_mode(cache)
+    if semantic_threshold is not None:
+        check_threshold(semantic_threshold, "semantic_threshold")
     spec = resolve_prompt(prompt, model, settings)
     items = load_dataset(data, codes=spec.taxonomy.codes)  # every check runs before any write
     if items.empty:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,6 +24,28 @@ def _without_credentials(url: str) -> str:
         netloc = host + (f":{parts.port}" if parts.port else "")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
+
+
+def parse_schedule(spec: str) -> tuple[int, str] | None:
+    """'30s' / '5m' / '1h' as (N, unit), or None for 'off'; N must divide the minute, hour or day."""
+    text = spec.strip().lower()
+    if text in ("off", "0", "none", "never", ""):
+        return None
+    m = re.fullmatch(r"(\d+)\s*(s|sec|m|min|h|hour)", text)
+    if not m:
+        raise ValueError(f"cron schedule {spec!r}: expected <N>s, <N>m, <N>h or off")
+    n, unit = int(m.group(1)), m.group(2)[0]
+    limit = 24 if unit == "h" else 60
+    if n < 1 or limit % n:
+        raise ValueError(f"cron schedule {spec!r}: N must divide {limit}")
+    return n, unit
+
+
+def check_threshold(value: object, name: str = "semantic threshold") -> float:
+    """A similarity threshold in (0, 1]; NaN, infinities and other types are refused up front."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}")
+    return float(value)
 
 
 def _float(name: str, default: float) -> float:
@@ -135,8 +158,13 @@ def load_settings(**overrides: object) -> Settings:
         raise ValueError("HARNESS_MAX_TRIES: must be at least 1")
     if s.concurrency < 1:
         raise ValueError("concurrency: must be at least 1")
-    if not 0.0 < s.semantic_threshold <= 1.0:
-        raise ValueError(f"HARNESS_SEMANTIC_THRESHOLD: expected a number in (0, 1], got {s.semantic_threshold!r}")
+    check_threshold(s.semantic_threshold, "HARNESS_SEMANTIC_THRESHOLD")
+    for name, spec in (("HARNESS_CRON_MAINTENANCE", s.cron_maintenance), ("HARNESS_CRON_WATCHDOG", s.cron_watchdog),
+                       ("HARNESS_CRON_SUMMARY", s.cron_summary)):
+        try:
+            parse_schedule(spec)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
     if s.notify_max_tries < 1:
         raise ValueError("HARNESS_NOTIFY_MAX_TRIES: must be at least 1")
     return s

@@ -30,7 +30,7 @@ from arq.constants import (
 )
 from arq.cron import CronJob, cron
 
-from harness.config import Settings
+from harness.config import Settings, parse_schedule
 from harness.redis_store import (
     RUNS_KEY,
     STREAM_MAXLEN,
@@ -48,23 +48,9 @@ SUMMARY_STATE_KEY = "harness:cron:summary"
 KEEP = 1000
 
 
-def _parse(spec: str) -> tuple[int, str] | None:
-    text = spec.strip().lower()
-    if text in ("off", "0", "none", "never", ""):
-        return None
-    m = re.fullmatch(r"(\d+)\s*(s|sec|m|min|h|hour)", text)
-    if not m:
-        raise ValueError(f"cron schedule {spec!r}: expected <N>s, <N>m, <N>h or off")
-    n, unit = int(m.group(1)), m.group(2)[0]
-    limit = 24 if unit == "h" else 60
-    if n < 1 or limit % n:
-        raise ValueError(f"cron schedule {spec!r}: N must divide {limit}")
-    return n, unit
-
-
 def schedule(spec: str) -> dict[str, Any] | None:
     """'30s' / '5m' / '1h' / 'off' as `arq.cron.cron` keyword arguments (None: not scheduled)."""
-    parsed = _parse(spec)
+    parsed = parse_schedule(spec)
     if parsed is None:
         return None
     n, unit = parsed
@@ -77,7 +63,7 @@ def schedule(spec: str) -> dict[str, Any] | None:
 
 def period_s(spec: str) -> float | None:
     """The schedule's period in seconds (None when off)."""
-    parsed = _parse(spec)
+    parsed = parse_schedule(spec)
     return None if parsed is None else parsed[0] * {"s": 1, "m": 60, "h": 3600}[parsed[1]]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.config import Settings, load_settings
+from harness.config import Settings, check_threshold, load_settings
 from harness.datasets import load_dataset
 from harness.inline import resolve_prompt, run_inline
 from harness.metrics import compare_runs, comparison_summary, compute_metrics
@@ -138,6 +138,8 @@ async def evaluate(
     With `semantic_cache`, near-duplicates reuse verdicts (harness/semantic.py) and metrics.json's
     `cache` gains `semantic_hits` and `semantic_agreement` (see `semantic_agreement`)."""
     settings = settings or load_settings()
+    if semantic_threshold is not None:
+        check_threshold(semantic_threshold, "--semantic-threshold")
     specs = [resolve_prompt(p, model, settings) for p in (prompts or [None])]  # type: ignore[list-item]
     if len({s.label for s in specs}) != len(specs):
         raise ValueError("the same prompt version was given twice: " + ", ".join(s.label for s in specs))

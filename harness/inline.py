@@ -18,11 +18,12 @@ import pandas as pd
 from arq import Retry
 from tqdm.auto import tqdm
 
-from harness.config import Settings, load_settings
+from harness.config import Settings, check_threshold, load_settings
 from harness.datasets import iter_items, load_dataset
 from harness.events import Event, MemoryEventBus
 from harness.results import RunResult, check_run_id, default_run_id
 from harness.schema import Item, PromptSpec, Verdict, load_prompt
+from harness.store import SpillStore
 from harness.sync import run_blocking
 from harness.tasks import JOB_TIMEOUT_S, moderate_content, shutdown, startup
 
@@ -76,13 +77,15 @@ async def run_inline(
     settings = settings or load_settings()
     if cache is not None:
         settings = settings.with_cache_mode(cache)
+    if semantic_threshold is not None:
+        check_threshold(semantic_threshold, "semantic_threshold")
     spec = resolve_prompt(prompt, model, settings)
     items = resolve_items(data, spec.taxonomy.codes)
     run_id = check_run_id(run_id) if run_id else default_run_id(spec, items)
     bus = events or MemoryEventBus(history=0)
     remove = bus.add_listener(on_event) if on_event else None
 
-    ctx: dict[str, Any] = {"settings": settings, "events": bus}
+    ctx: dict[str, Any] = {"settings": settings, "events": bus, "store": SpillStore()}
     if semantic_index is not None:
         ctx["semantic"] = semantic_index
     await startup(ctx)

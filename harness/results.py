@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ def default_run_id(spec: PromptSpec, df: pd.DataFrame) -> str:
     return f"{name[:64]}-{spec.version}-{dataset_fingerprint(df)}"
 
 
-def predictions_frame(items: pd.DataFrame, verdicts: dict[str, Verdict], codes: Sequence[str]) -> pd.DataFrame:
+def predictions_frame(items: pd.DataFrame, verdicts: Mapping[str, Verdict], codes: Sequence[str]) -> pd.DataFrame:
     """One row per item of `items`, in its order. An item without a verdict gets outcome 'error'."""
     rows: list[dict[str, Any]] = []
     for cid in items["content_id"]:
@@ -68,6 +68,9 @@ def predictions_frame(items: pd.DataFrame, verdicts: dict[str, Verdict], codes: 
         pred[f"score_{code}"] = pd.to_numeric(pred[f"score_{code}"], errors="coerce").astype("Float64")
     gold_cols = [c for c in items.columns if c.startswith("gold_")]
     left = items[["content_id", "content_type", "text", *gold_cols]].reset_index(drop=True)
+    if left.empty:  # an empty frame's id column may be float; the merge must still line up
+        left = left.astype({"content_id": object})
+        pred = pred.astype({"content_id": object})
     return left.merge(pred, on="content_id", how="left", validate="one_to_one")
 
 
@@ -81,7 +84,7 @@ class RunResult:
     endpoint: str
     dataset: str
     items: pd.DataFrame
-    verdicts: dict[str, Verdict]
+    verdicts: Mapping[str, Verdict]
     elapsed_s: float = 0.0
     cache_hits: int = 0
     cache_misses: int = 0

@@ -416,15 +416,13 @@ async def probe(ctx: dict[str, Any], spec: PromptSpec, item: Item, run: dict[str
 
 
 async def after_verdict(ctx: dict[str, Any], run: dict[str, Any], verdict: Verdict, probe_: Probe | None) -> None:
-    """Send a fresh ok verdict to the index: an Arq job on workers, a direct call inline."""
+    """Add a fresh ok verdict to the index at once (the same code the Arq task runs)."""
     if not run.get("semantic_cache") or verdict.outcome != "ok" or verdict.semantic_source is not None:
         return
     vector = encode_vector(probe_.vector) if probe_ is not None and probe_.vector is not None else None
-    if "redis" in ctx:
-        await ctx["redis"].enqueue_job("update_semantic_cache", verdict.run_id, verdict.content_id, vector,
-                                       _job_id=f"semantic:{verdict.run_id}:{verdict.content_id}")
-    else:
-        await update_semantic_cache(ctx, verdict.run_id, verdict.content_id, vector)
+    # Called directly on workers too: as a separate job it would queue behind the run's own
+    # moderation jobs, and the near copies within this run would find nothing to reuse.
+    await update_semantic_cache(ctx, verdict.run_id, verdict.content_id, vector)
 
 
 async def update_semantic_cache(ctx: dict[str, Any], run_id: str, content_id: str,

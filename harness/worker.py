@@ -8,7 +8,6 @@ drops the connection instead of dying, and it picks the embedded Redis when REDI
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -25,19 +24,11 @@ from harness.cron import cron_jobs as build_cron_jobs
 from harness.notify import send_notification
 from harness.recovery import after_job_end, on_job_start
 from harness.semantic import update_semantic_cache
+from harness.serialize import json_deserializer, json_serializer
 from harness.tasks import JOB_TIMEOUT_S, KEEP_RESULT_S, moderate_content, shutdown, startup
 
 log = logging.getLogger("harness.worker")
 DEFAULT_MAX_JOBS = 100  # LLM jobs mostly wait on the network; Arq's default of 10 starves them
-
-
-def json_serializer(obj: Any) -> bytes:
-    """Jobs and results travel as JSON, never pickle: writing to Redis must not run code."""
-    return json.dumps(obj, default=str, ensure_ascii=False).encode("utf-8")
-
-
-def json_deserializer(data: bytes) -> Any:
-    return json.loads(data)
 
 
 def _settings_redis() -> RedisSettings:

@@ -194,3 +194,15 @@ def test_a_bad_overall_label_is_an_error_not_silently_ignored(tmp_path):
     data.write_text("id,prompt,label\n1,hello,safe\n2,how to kill a process,sfe\n")
     proc = harness("eval", "--dataset", str(data), "--out", str(tmp_path / "o"), check=False)
     assert proc.returncode == 2 and "line 3" in proc.stderr and "sfe" in proc.stderr
+
+
+def test_bad_settings_are_one_line_errors_naming_the_variable(tmp_path):
+    for env, name in (({"HARNESS_CRON_WATCHDOG": "7m"}, "HARNESS_CRON_WATCHDOG"),
+                      ({"HARNESS_SEMANTIC_THRESHOLD": "abc"}, "HARNESS_SEMANTIC_THRESHOLD")):
+        for command in (["eval", "--limit", "2", "--out", str(tmp_path / "o")], ["worker", "--burst"]):
+            proc = harness(*command, check=False, env=env)
+            assert proc.returncode == 2, (env, command, proc.stderr)
+            assert name in proc.stderr and "Traceback" not in proc.stderr
+    proc = harness("eval", "--semantic-cache", "--semantic-threshold", "nan", "--out", str(tmp_path / "n"),
+                   check=False)
+    assert proc.returncode == 2 and "--semantic-threshold" in proc.stderr and not (tmp_path / "n").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -226,3 +227,24 @@ def test_harness_eval_semantic_cache_reports_hits_and_agreement(tmp_path):
     assert set(pred.loc[pred["semantic_source"].notna(), "content_id"]) == set(VARIANTS)
     stdout, again = harness_eval(tmp_path / "b", "--semantic-threshold", "0.95")
     assert 0 < again["cache"]["semantic_hits"] < len(VARIANTS) and again["cache"]["semantic_threshold"] == 0.95
+
+
+async def test_near_copies_hit_within_one_worker_run(redis_proc, worker_procs):
+    """The index is updated as each verdict is stored, not by a job queued behind the run."""
+    handle = await enqueue_dataframe_async(near_duplicates(), redis_url=redis_proc.url, run_id="one-run",
+                                           cache="off", semantic_cache=True, progress=False)
+    worker = worker_procs(redis_proc.url, "--burst", "--max-jobs", "1")
+    assert worker.wait(120) == 0
+    verdicts = await handle.store.verdicts("one-run")
+    await handle.close()
+    assert len(verdicts) == len(near_duplicates())
+    assert len(hits(verdicts)) >= 10
+
+
+def test_thresholds_outside_zero_to_one_are_refused_before_any_work():
+    import pytest
+
+    for bad in (0, -1, 1.5, float("nan"), float("inf"), "0.9", True):
+        with pytest.raises(ValueError, match="expected a number in \\(0, 1\\]"):
+            asyncio.run(run_inline(near_duplicates(), semantic_cache=True, semantic_threshold=bad,
+                                   settings=load_settings(cache_mode="off"), progress=False))
