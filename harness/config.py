@@ -167,4 +167,39 @@ def load_settings(**overrides: object) -> Settings:
             raise ValueError(f"{name}: {exc}") from None
     if s.notify_max_tries < 1:
         raise ValueError("HARNESS_NOTIFY_MAX_TRIES: must be at least 1")
+    _check_notifications(s)
     return s
+
+
+NOTIFY_CHANNELS = ("webhook", "log", "display")
+NOTIFY_TRIGGERS = ("run_finished", "item_flagged", "run_stuck", "run_summary")
+
+
+def _check_notifications(s: Settings) -> None:
+    """Refuse notification settings that would silently never fire; messages never quote secrets."""
+    import json
+    from urllib.parse import urlsplit
+
+    for name, values, known in (("HARNESS_NOTIFY_CHANNELS", s.notify_channels, NOTIFY_CHANNELS),
+                                ("HARNESS_NOTIFY_ON", s.notify_on, NOTIFY_TRIGGERS)):
+        unknown = [v for v in values if v not in known]
+        if unknown:
+            raise ValueError(f"{name}: unknown {unknown}; expected some of {list(known)}")
+    bad = [c for c in s.notify_categories if not re.fullmatch(r"[A-Z][A-Z0-9_]*", c)]
+    if bad:
+        raise ValueError(f"HARNESS_NOTIFY_CATEGORIES: {bad} are not category codes (upper case, e.g. S,SH,V2)")
+    if s.webhook_url:
+        try:
+            parts = urlsplit(s.webhook_url)
+            _ = parts.port  # raises on a port out of range
+        except ValueError:
+            raise ValueError("HARNESS_WEBHOOK_URL: not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("HARNESS_WEBHOOK_URL: expected an http:// or https:// URL with a host")
+    if s.webhook_headers:
+        try:
+            headers = json.loads(s.webhook_headers)
+        except ValueError:
+            headers = None
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise ValueError("HARNESS_WEBHOOK_HEADERS: expected a JSON object of header names to text values")

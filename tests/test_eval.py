@@ -198,11 +198,16 @@ def test_a_bad_overall_label_is_an_error_not_silently_ignored(tmp_path):
 
 def test_bad_settings_are_one_line_errors_naming_the_variable(tmp_path):
     for env, name in (({"HARNESS_CRON_WATCHDOG": "7m"}, "HARNESS_CRON_WATCHDOG"),
-                      ({"HARNESS_SEMANTIC_THRESHOLD": "abc"}, "HARNESS_SEMANTIC_THRESHOLD")):
+                      ({"HARNESS_SEMANTIC_THRESHOLD": "abc"}, "HARNESS_SEMANTIC_THRESHOLD"),
+                      ({"HARNESS_NOTIFY_CHANNELS": "log,email"}, "HARNESS_NOTIFY_CHANNELS"),
+                      ({"HARNESS_NOTIFY_CATEGORIES": "s"}, "HARNESS_NOTIFY_CATEGORIES"),
+                      ({"HARNESS_WEBHOOK_URL": "http://127.0.0.1:99999/SECRET-TOKEN"}, "HARNESS_WEBHOOK_URL"),
+                      ({"HARNESS_WEBHOOK_HEADERS": '{"Authorization": "Bearer SECRET-TOKEN'}, "HARNESS_WEBHOOK_HEADERS")):
         for command in (["eval", "--limit", "2", "--out", str(tmp_path / "o")], ["worker", "--burst"]):
             proc = harness(*command, check=False, env=env)
             assert proc.returncode == 2, (env, command, proc.stderr)
             assert name in proc.stderr and "Traceback" not in proc.stderr
+            assert "SECRET-TOKEN" not in proc.stderr
     proc = harness("eval", "--semantic-cache", "--semantic-threshold", "nan", "--out", str(tmp_path / "n"),
                    check=False)
     assert proc.returncode == 2 and "--semantic-threshold" in proc.stderr and not (tmp_path / "n").exists()
