@@ -28,10 +28,10 @@ from arq.constants import (
 from arq.jobs import serialize_job
 from tqdm.auto import tqdm
 
-from harness.config import Settings, check_threshold, load_settings
+from harness.config import Settings
 from harness.datasets import iter_items, load_dataset
 from harness.events import Event
-from harness.inline import resolve_prompt
+from harness.inline import resolve_run
 from harness.redis_store import RedisEventStream, RedisStore
 from harness.results import check_run_id, default_run_id, predictions_frame
 from harness.schema import PromptSpec, Verdict
@@ -239,12 +239,7 @@ async def enqueue_dataframe_async(
     """Write the run and its items to Redis and enqueue one job per item still without a verdict.
 
     `semantic_cache` lets near-duplicates reuse a verdict (see harness/semantic.py)."""
-    settings = settings or load_settings()
-    if cache is not None:
-        settings = settings.with_cache_mode(cache)
-    if semantic_threshold is not None:
-        check_threshold(semantic_threshold, "semantic_threshold")
-    spec = resolve_prompt(prompt, model, settings)
+    settings, spec = resolve_run(prompt, model, settings, cache, semantic_threshold)
     items = load_dataset(data, codes=spec.taxonomy.codes)  # every check runs before any write
     if items.empty:
         raise ValueError("nothing to enqueue: the dataset has no rows")

@@ -36,6 +36,17 @@ def resolve_prompt(prompt: PromptSpec | str | Path | None, model: str | None, se
     return spec.with_model(model or spec.model or settings.model)
 
 
+def resolve_run(prompt: PromptSpec | str | Path | None, model: str | None, settings: Settings | None,
+                cache: str | None, semantic_threshold: float | None) -> tuple[Settings, PromptSpec]:
+    """The settings (cache mode applied) and prompt of a run, checked before any work starts."""
+    settings = settings or load_settings()
+    if cache is not None:
+        settings = settings.with_cache_mode(cache)
+    if semantic_threshold is not None:
+        check_threshold(semantic_threshold, "semantic_threshold")
+    return settings, resolve_prompt(prompt, model, settings)
+
+
 def resolve_items(data: pd.DataFrame | str | Path | Sequence[Item], codes: Sequence[str]) -> pd.DataFrame:
     """Any accepted input as the canonical DataFrame (see harness.datasets)."""
     if isinstance(data, pd.DataFrame) and {"content_id", "text"} <= set(data.columns) \
@@ -74,12 +85,7 @@ async def run_inline(
     gets a fresh in-memory index unless `semantic_index` (a MemorySemanticIndex) is shared.
     `notify=True` sends the notifications of harness/notify.py (item flagged, run finished),
     shown in the notebook too."""
-    settings = settings or load_settings()
-    if cache is not None:
-        settings = settings.with_cache_mode(cache)
-    if semantic_threshold is not None:
-        check_threshold(semantic_threshold, "semantic_threshold")
-    spec = resolve_prompt(prompt, model, settings)
+    settings, spec = resolve_run(prompt, model, settings, cache, semantic_threshold)
     items = resolve_items(data, spec.taxonomy.codes)
     run_id = check_run_id(run_id) if run_id else default_run_id(spec, items)
     bus = events or MemoryEventBus(history=0)
