@@ -12,6 +12,8 @@ import time
 from typing import Any
 
 from arq import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from harness import notify, semantic
 from harness.config import Settings, load_settings
@@ -114,6 +116,12 @@ async def moderate_content(ctx: dict[str, Any], content_id: str, content_type: s
         verdict = Verdict(content_id, "error", error=f"not retried: {exc}")
     except LLMError as exc:  # pragma: no cover - every LLMError is one of the two above
         verdict = Verdict(content_id, "error", error=str(exc))
+    except (RedisConnectionError, RedisTimeoutError) as exc:  # the store is briefly gone: not the item's fault
+        if probe is not None:
+            probe.release()
+        if job_try < max_tries:
+            raise Retry(defer=backoff_delay(job_try, base_s=settings.retry_base_s, cap_s=settings.retry_cap_s)) from exc
+        raise  # nowhere to write a verdict; Arq records the failure and a resume retries the item
     except Exception as exc:  # noqa: BLE001 - an item must end with a verdict, whatever broke
         verdict = Verdict(content_id, "error", error=f"internal error: {type(exc).__name__}: {exc}")
     except BaseException:  # cancelled (job timeout, shutdown): near copies waiting on it go on
