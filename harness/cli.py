@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from harness.config import CACHE_MODES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -51,55 +55,43 @@ def _enqueue(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
-def _status(args: argparse.Namespace) -> int:
+async def _collected(run_id: str, wait: float | None) -> pd.DataFrame:
+    """A worker run's predictions, after waiting up to `wait` seconds for it to finish."""
     from harness.batch import open_run
 
-    async def go() -> int:
-        handle = await open_run(args.run_id)
-        try:
-            if args.wait is not None:
-                finished = await handle.wait(args.wait, progress=True)
-                if not finished:
-                    print(f"not finished after {args.wait}s", file=sys.stderr)
-            p = await handle.progress()
-            pred = await handle.collect()
-        finally:
-            await handle.close()
-        is_pending = pred["error"].fillna("").str.startswith("pending")
-        pending = int(is_pending.sum())
-        failed = int(pred["error"].fillna("").str.startswith("job failed").sum())
-        counts = pred.loc[~is_pending, "outcome"].value_counts().to_dict()
-        print(f"run {p['run_id']}: {len(pred)} items, {len(pred) - pending - failed} with a verdict, "
-              f"{failed} failed jobs, {pending} pending; outcomes: "
-              + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"))
-        return 0 if pending == 0 else 3
+    handle = await open_run(run_id)
+    try:
+        if wait is not None and not await handle.wait(wait, progress=True):
+            print(f"not finished after {wait}s", file=sys.stderr)
+        return await handle.collect()
+    finally:
+        await handle.close()
 
-    return asyncio.run(go())
+
+def _status(args: argparse.Namespace) -> int:
+    pred = asyncio.run(_collected(args.run_id, args.wait))
+    is_pending = pred["error"].fillna("").str.startswith("pending")
+    pending = int(is_pending.sum())
+    failed = int(pred["error"].fillna("").str.startswith("job failed").sum())
+    counts = pred.loc[~is_pending, "outcome"].value_counts().to_dict()
+    print(f"run {args.run_id}: {len(pred)} items, {len(pred) - pending - failed} with a verdict, "
+          f"{failed} failed jobs, {pending} pending; outcomes: "
+          + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none yet"))
+    return 0 if pending == 0 else 3
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from harness.batch import open_run
-
-    async def go() -> int:
-        handle = await open_run(args.run_id)
-        try:
-            if args.wait is not None:
-                await handle.wait(args.wait, progress=True)
-            pred = await handle.collect()
-        finally:
-            await handle.close()
-        out = args.out
-        if out.endswith(".parquet"):
-            pred.to_parquet(out, index=False)
-        elif out.endswith(".csv"):
-            pred.to_csv(out, index=False)
-        else:
-            raise ValueError(f"--out: expected a .csv or .parquet file name, got {out!r}")
-        print(f"wrote {len(pred)} rows to {out}: " + ", ".join(
-            f"{k} {v}" for k, v in sorted(pred["outcome"].value_counts().items())))
-        return 0
-
-    return asyncio.run(go())
+    out = args.out
+    if not out.endswith((".csv", ".parquet")):
+        raise ValueError(f"--out: expected a .csv or .parquet file name, got {out!r}")
+    pred = asyncio.run(_collected(args.run_id, args.wait))
+    if out.endswith(".parquet"):
+        pred.to_parquet(out, index=False)
+    else:
+        pred.to_csv(out, index=False)
+    print(f"wrote {len(pred)} rows to {out}: " + ", ".join(
+        f"{k} {v}" for k, v in sorted(pred["outcome"].value_counts().items())))
+    return 0
 
 
 def _tail(args: argparse.Namespace) -> int:
